@@ -1,0 +1,1 @@
+"""Asynchronize-Django benchmark harness."""

@@ -1,0 +1,294 @@
+"""python -m bench {variants,requirements,serve,run,report}.
+
+User errors (a bad variant.toml, an unknown route, missing PostgreSQL binaries...) end
+with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+
+from bench.verify import ROUTES
+
+USER_ERRORS: tuple[type[Exception], ...] = ()
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Every error class that means 'the user asked for something we cannot do'."""
+    from bench.latency import LatencyError
+    from bench.load import LoadError
+    from bench.postgres import PostgresError
+    from bench.report import ReportError
+    from bench.runner import RunError
+    from bench.server import ServerError
+    from bench.variants import VariantError
+    from bench.verify import VerificationError
+
+    return (VariantError, PostgresError, LatencyError, LoadError, RunError, ServerError,
+            VerificationError, ReportError)
+
+
+def _int_list(minimum: int, what: str) -> Callable[[str], list[int]]:
+    def parse(text: str) -> list[int]:
+        values = []
+        for part in text.split(","):
+            part = part.strip()
+            if not part.isdigit() or int(part) < minimum:
+                raise argparse.ArgumentTypeError(
+                    f"{what} must be integers >= {minimum} separated by commas, got {part!r}")
+            values.append(int(part))
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{what}: a value is repeated in {text!r}")
+        return values
+    return parse
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expects a comma-separated list of names")
+    return names
+
+
+def _routes(text: str) -> list[str]:
+    names = _names(text)
+    for name in names:
+        if name not in ROUTES:
+            raise argparse.ArgumentTypeError(f"unknown route {name!r}; valid: {', '.join(ROUTES)}")
+    return names
+
+
+def _profile(text: str) -> str:
+    from bench.load import available_profiles
+
+    valid = available_profiles()
+    if text not in valid:
+        raise argparse.ArgumentTypeError(f"unknown profile {text!r}; valid: {', '.join(valid)}")
+    return text
+
+
+def _backend(text: str) -> str:
+    valid = ("auto", "netem", "proxy", "none")
+    if text not in valid:
+        raise argparse.ArgumentTypeError(f"unknown latency backend {text!r}; valid: "
+                                         f"{', '.join(valid)}")
+    return text
+
+
+def _results_folder(text: str) -> Path:
+    path = Path(text)
+    if not (path / "run.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a results folder (no run.json)")
+    return path
+
+
+def _pg_bin(text: str) -> Path:
+    path = Path(text)
+    if not (path / "postgres").exists() or not (path / "initdb").exists():
+        raise argparse.ArgumentTypeError(
+            f"{text} holds no PostgreSQL binaries (postgres, initdb); on Debian try "
+            "/usr/lib/postgresql/15/bin, or omit --pg-bin to use the pgserver wheel's")
+    return path
+
+
+def _add_pg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pg-bin", type=_pg_bin, metavar="DIR",
+                        help="PostgreSQL binaries to use (default: the pgserver wheel's)")
+    parser.add_argument("--rows", type=_positive, default=1_000_000,
+                        help="posts in the template database (default: 1000000, the study's)")
+    parser.add_argument("--cpu-loop", type=_positive, default=10**7,
+                        help="loop size of cpu/ (default: 10000000, the study's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Asynchronize-Django: benchmark Django deployments (sync vs async, "
+                    "servers, DB connection settings) as network latency grows.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("variants", help="list the discovered variants (servers/*/variant.toml)",
+                   description="One line per variant: name, interface, views, title.")
+    sub.add_parser("requirements", help="print the packages every variant requires",
+                   description="The union of the variants' `requires`, one per line "
+                               "(nox installs them into the bench environment).")
+
+    serve = sub.add_parser("serve", help="start one variant with its PostgreSQL, until Ctrl-C",
+                           description="Start PostgreSQL (the variant's max_connections, a "
+                                       "fresh database from the template), run migrations, "
+                                       "start the variant and print its URL. Ctrl-C stops all.")
+    serve.add_argument("variant", help="variant name (see `python -m bench variants`)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=_positive, help="port to bind (default: a free one)")
+    serve.add_argument("--external-db", action="store_true",
+                       help="use the database named by DB_HOST/DB_PORT/DB_NAME/DB_USER/"
+                            "DB_PASSWORD instead of starting one (Docker mode)")
+    _add_pg(serve)
+
+    run = sub.add_parser("run", help="run the benchmark matrix",
+                         description="Run every cell (variant x route x latency x repeat) and "
+                                     "write results/<run>/ (see results/README.md).")
+    run.add_argument("--variants", type=_names, metavar="A,B", help="variants (default: all)")
+    run.add_argument("--routes", type=_routes, default=list(ROUTES), metavar="R,R",
+                     help=f"routes (default: {','.join(ROUTES)})")
+    run.add_argument("--latencies", type=_int_list(0, "latencies"), default=[0, 100, 200],
+                     metavar="MS,MS", help="added latency in ms (default: 0,100,200)")
+    run.add_argument("--profile", type=_profile, default="quick",
+                     help="load profile from load/profiles.toml (default: quick)")
+    run.add_argument("--repeats", type=_positive, default=1, help="repeats per cell (default 1)")
+    run.add_argument("--latency-backend", type=_backend, default="auto",
+                     help="auto | netem | proxy | none (default: auto = netem where the kernel "
+                          "has it, else proxy)")
+    run.add_argument("--out", type=Path, metavar="DIR",
+                     help="results folder (default: results/<date-time>)")
+    run.add_argument("--resume", type=_results_folder, metavar="DIR",
+                     help="continue a run: keep finished cells, run the rest")
+    run.add_argument("--load-processes", type=_positive, default=1,
+                     help="Locust processes (master/worker mode when > 1)")
+    run.add_argument("--target", metavar="URL",
+                     help="benchmark a deployment that runs elsewhere (no local server/DB)")
+    run.add_argument("--pg-max-connections", type=_int_list(1, "--pg-max-connections"),
+                     metavar="N,N", help="sweep: override the variants' PostgreSQL "
+                                         "max_connections; one column per value")
+    run.add_argument("--pool-size", type=_int_list(1, "--pool-size"), metavar="N,N",
+                     help="sweep: override the pool max_size of pooled variants")
+    run.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    _add_pg(run)
+
+    report = sub.add_parser("report", help="write report.md/report.html for a results folder",
+                            description="Build report.md, report.html and figures/ from a "
+                                        "results folder (also a partial or failed run).")
+    report.add_argument("results", type=_results_folder, metavar="RESULTS_DIR")
+    return parser
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    from bench.variants import discover
+
+    for variant in discover().values():
+        print(f"{variant.name:<18} {variant.interface:<5} {variant.views:<7} {variant.title}")
+    return 0
+
+
+def cmd_requirements(args: argparse.Namespace) -> int:
+    from bench.variants import all_requirements, discover
+
+    for req in all_requirements(list(discover().values())):
+        print(req)
+    return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def _raise(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bench.postgres import PostgresCluster
+    from bench.runner import free_port
+    from bench.server import ServerProcess, app_environment
+    from bench.variants import VariantError, discover, select
+
+    variant = select(discover(), [args.variant])[0]
+    port = args.port or free_port(args.host)
+    with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
+        if args.external_db:
+            missing = [k for k in ("DB_HOST", "DB_NAME", "DB_PASSWORD") if not os.environ.get(k)]
+            if missing:
+                raise VariantError(f"--external-db needs {', '.join(missing)} in the environment")
+            db_env = {k: v for k, v in os.environ.items() if k.startswith("DB_")}
+        else:
+            cluster = PostgresCluster(pg_bin=args.pg_bin)
+            stack.callback(cluster.stop)
+            cluster.start(max_connections=variant.max_connections)
+            cluster.ensure_template(args.rows)
+            dbname = cluster.clone_database(f"serve_{variant.name}")
+            db_env = cluster.app_env(dbname)
+        allowed = sorted({"localhost", "127.0.0.1", args.host} - {"0.0.0.0"}) + (
+            ["*"] if args.host == "0.0.0.0" else [])  # noqa: S104 - bind-all means any Host
+        env = app_environment(variant, db_env, allowed, args.cpu_loop)
+        subprocess.run([sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
+                       env=env, check=True)
+        log = Path(os.environ.get("BENCH_SERVE_LOG", "/dev/stdout"))
+        server = ServerProcess(variant.server_command(args.host, port), env, log)
+        stack.callback(server.stop)
+        server.start()
+        server.wait_listening("127.0.0.1" if args.host == "0.0.0.0" else args.host, port)
+        print(f"{variant.name} serving at http://{args.host}:{port}/  (Ctrl-C stops)", flush=True)
+        try:
+            code = server.wait_exit()
+        except KeyboardInterrupt:
+            print("stopping", flush=True)
+            return 0
+        print(f"server exited with code {code}", file=sys.stderr)
+        return 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import RunConfig, run
+
+    config = RunConfig(
+        variants=args.variants, routes=args.routes, latencies_ms=args.latencies,
+        profile=args.profile, repeats=args.repeats, latency_backend=args.latency_backend,
+        out=args.out, resume=args.resume, load_processes=args.load_processes,
+        target=args.target, pg_bin=args.pg_bin, pg_max_connections=args.pg_max_connections,
+        pool_sizes=args.pool_size, cpu_loop=args.cpu_loop, rows=args.rows,
+    )
+    code = run(config)
+    if not args.no_report and code != 130:
+        from bench.report import build_report
+        from bench.runner import last_out
+
+        try:
+            for path in build_report(last_out()):
+                if path.suffix in {".md", ".html"}:
+                    print(path)
+        except Exception as exc:  # noqa: BLE001 - the results stand without a report
+            print(f"warning: report failed: {exc}; retry with python -m bench report",
+                  file=sys.stderr)
+    return code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import build_report
+
+    for path in build_report(args.results):
+        if path.suffix in {".md", ".html"}:
+            print(path)
+    return 0
+
+
+COMMANDS = {"variants": cmd_variants, "requirements": cmd_requirements, "serve": cmd_serve,
+            "run": cmd_run, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except _user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

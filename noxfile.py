@@ -1,0 +1,63 @@
+"""The lab's entry points: bench (main job), tests, lint, report, bench_docker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+
+def install_bench(session: nox.Session, *extras: str) -> None:
+    """The project, plus every server the variants require (servers/*/variant.toml)."""
+    target = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", target)
+    requires = session.run("python", "-m", "bench", "requirements", silent=True)
+    if isinstance(requires, str) and requires.split():
+        session.install(*requires.split())
+
+
+def install_chromium(session: nox.Session) -> None:
+    """The report test opens report.html in headless Chromium (Debian's package)."""
+    if shutil.which("chromium") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env, success_codes=[0, 100])
+    session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=env,
+                success_codes=[0, 100])
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmark matrix, then the report. Arguments after -- go to `bench run`."""
+    install_bench(session)
+    session.run("python", "-m", "bench", "run", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite: unit tests and small-scale integration tests on real components."""
+    install_bench(session, "test")
+    install_chromium(session)
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy."""
+    install_bench(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("mypy", "bench", "shared_app/benchapp", "shared_app/posts")
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Build report.md/report.html of a results folder: nox -s report -- results/NAME."""
+    install_bench(session)
+    if not session.posargs:
+        session.error("give the results folder: nox -s report -- results/NAME")
+    session.run("python", "-m", "bench", "report", *session.posargs)

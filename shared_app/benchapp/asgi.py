@@ -1,0 +1,8 @@
+"""ASGI entry point of the shared app."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchapp.settings")
+application = get_asgi_application()
