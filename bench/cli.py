@@ -206,7 +206,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from bench.postgres import PostgresCluster
-    from bench.runner import free_port
+    from bench.server import free_port
     from bench.server import ServerProcess, app_environment
     from bench.variants import VariantError, discover, select
 

@@ -195,6 +195,10 @@ class PostgresCluster:
     def _prepare_cache(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.chmod(0o755)
+        if self.as_root and not _readable_by_all(self.cache_dir):
+            raise PostgresError(f"{self.cache_dir} is inside a folder the user {PG_OS_USER} "
+                                "cannot enter; set BENCH_CACHE_DIR to a folder under one "
+                                "others can traverse (e.g. /var/cache or /tmp)")
 
     def _claim_slot(self) -> None:
         """Lock the first free cluster slot for this process."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from bench.paths import results_dir
 from bench.postgres import PostgresCluster
 from bench.resources import ResourceSampler
 from bench.results import FORMAT, read_json, write_csv_atomic, write_json_atomic
-from bench.server import ServerError, ServerProcess, app_environment
+from bench.server import ServerError, ServerProcess, app_environment, free_port
 from bench.variants import Variant, discover, select
 from bench.verify import ROUTES, VerificationError, verify_routes
 
@@ -114,12 +113,6 @@ def placement() -> dict[str, list[int]]:
     if len(cpus) < 2:
         return {"server_cpus": cpus, "other_cpus": cpus}
     return {"server_cpus": cpus[-1:], "other_cpus": cpus[:-1]}
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def now_iso() -> str:

@@ -157,3 +157,10 @@ class ServerProcess:
             self._log.close()
             self._log = None
         self._proc = None
+
+
+def free_port(host: str) -> int:
+    """A port free on `host` now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

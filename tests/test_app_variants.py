@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench.runner import free_port
+from bench.server import free_port
 from bench.server import ServerProcess, app_environment
 from bench.variants import Variant, discover
 from bench.verify import expected_ct, verify_routes
