@@ -369,8 +369,9 @@ class PostgresCluster:
     def connect(self, dbname: str = "postgres", **kwargs: Any) -> psycopg.Connection[Any]:
         if self.port is None:
             raise PostgresError("PostgreSQL is not started")
+        kwargs.setdefault("autocommit", True)
         return psycopg.connect(host=self.host, port=self.port, user=DB_USER,
-                               password=self.password, dbname=dbname, autocommit=True, **kwargs)
+                               password=self.password, dbname=dbname, **kwargs)
 
     def app_env(self, dbname: str, host: str | None = None,
                 port: int | None = None) -> dict[str, str]:

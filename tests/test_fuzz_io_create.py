@@ -1,0 +1,107 @@
+"""Fuzz io_create with random form bodies (hypothesis) against real servers of each views
+flavour: the answer is 200 with exactly the posted row, or 400 with nothing written; never a
+500, never a partial row."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.postgres import PostgresCluster
+from bench.server import ServerProcess, app_environment, free_port
+from bench.variants import discover
+
+pytestmark = pytest.mark.integration
+
+FLAVOURS = ["sync_gunicorn", "async_uvicorn", "async_native"]
+text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=150)
+field_values = st.one_of(text, st.just(""), st.just(" "), st.text(min_size=95, max_size=110),
+                         st.just("a\x00b"))
+forms = st.dictionaries(st.sampled_from(["title", "content", "other", "TITLE"]), field_values,
+                        max_size=4)
+raw_bodies = st.binary(max_size=300)
+
+
+@pytest.fixture(scope="module", params=FLAVOURS)
+def server(request: pytest.FixtureRequest, pg_cluster: PostgresCluster, pg_template: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    variant = discover()[request.param]
+    db = pg_cluster.clone_database(f"t_fuzz_{variant.name}")
+    port = free_port("127.0.0.1")
+    env = app_environment(variant, pg_cluster.app_env(db), ["127.0.0.1"], 1000)
+    log = tmp_path_factory.mktemp("fuzz") / "server.log"
+    proc = ServerProcess(variant.server_command("127.0.0.1", port), env, log)
+    proc.start()
+    try:
+        proc.wait_listening("127.0.0.1", port)
+        yield f"http://127.0.0.1:{port}/io_create/", db
+    finally:
+        proc.stop()
+        pg_cluster.drop_database(db)
+
+
+def post(url: str, body: bytes) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=body, method="POST")
+    req.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def count(cluster: PostgresCluster, db: str) -> int:
+    with cluster.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM posts_post").fetchone()[0])
+
+
+def check(cluster: PostgresCluster, db: str, url: str, body: bytes,
+          sent: dict[str, str] | None) -> None:
+    before = count(cluster, db)
+    status, answer = post(url, body)
+    after = count(cluster, db)
+    assert status in (200, 400), (status, answer, body[:200])
+    if status == 400:
+        assert answer["error"] == "bad_request"
+        assert after == before, "a refused request wrote a row"
+        return
+    assert after == before + 1
+    with cluster.connect(db) as conn:
+        row = conn.execute("SELECT title, content FROM posts_post WHERE id = %s",
+                           (answer["id"],)).fetchone()
+    assert row == (answer["title"], answer["content"])
+    if sent is not None:
+        assert row == (sent["title"], sent["content"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(form=forms)
+def test_random_forms(server: tuple[str, str], pg_cluster: PostgresCluster,
+                      form: dict[str, str]) -> None:
+    url, db = server
+    check(pg_cluster, db, url, urllib.parse.urlencode(form).encode(), form)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=raw_bodies)
+def test_random_raw_bodies(server: tuple[str, str], pg_cluster: PostgresCluster,
+                           body: bytes) -> None:
+    url, db = server
+    check(pg_cluster, db, url, body, None)
+
+
+def test_the_fuzzer_can_fail(server: tuple[str, str], pg_cluster: PostgresCluster) -> None:
+    """A missing field must be refused, so check() would catch a server that wrote it."""
+    url, db = server
+    with pytest.raises(AssertionError):
+        check(pg_cluster, db, url, b"title=x&content=y", {"title": "x", "content": "other"})
+
+
