@@ -29,7 +29,7 @@ from bench.paths import results_dir
 from bench.postgres import PostgresCluster
 from bench.resources import ResourceSampler
 from bench.results import FORMAT, read_json, write_csv_atomic, write_json_atomic
-from bench.server import ServerError, ServerProcess, app_environment, free_port
+from bench.server import ServerError, ServerProcess, app_environment
 from bench.variants import Variant, discover, select
 from bench.verify import ROUTES, VerificationError, verify_routes
 
@@ -85,8 +85,10 @@ class Cell:
 
 def sweep_columns(variant: Variant, config: RunConfig) -> list[tuple[str, Variant]]:
     """The variant, or one column per connection-limit combination of the sweep."""
-    pg_values: list[int | None] = list(config.pg_max_connections or [None])
-    pool_values: list[int | None] = list(config.pool_sizes or [None]) if variant.pool else [None]
+    pg_values: list[int | None] = [*config.pg_max_connections] if config.pg_max_connections \
+        else [None]
+    pool_values: list[int | None] = [*config.pool_sizes] if config.pool_sizes and variant.pool \
+        else [None]
     columns = []
     for pg in pg_values:
         for pool in pool_values:
@@ -156,12 +158,17 @@ class Runner:
         self.profile: Profile = load_profile(config.profile)
         self.variants = select(discover(), config.variants)
         self.place = placement()
-        self.cluster: PostgresCluster | None = None
+        # Created now so missing PostgreSQL binaries are an error before any cell runs.
+        self.cluster: PostgresCluster | None = (
+            None if config.target else PostgresCluster(pg_bin=config.pg_bin))
         self.template_rows = config.rows
         self.out = self._out_dir()
         self.run_json = self.out / "run.json"
         self.cells = plan_cells(config, self.variants)
         self.backend, self.backend_reason = resolve_backend(config.latency_backend)
+        if self.backend == "none" and any(config.latencies_ms):
+            raise RunError("--latency-backend none adds no latency: use --latencies 0, or "
+                           "--latency-backend auto|proxy|netem")
 
     def _out_dir(self) -> Path:
         if self.config.resume:
@@ -228,7 +235,7 @@ class Runner:
             with contextlib.suppress(Exception):
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             if self.cluster:
-                self.cluster.stop()
+                self.cluster.close()
             write_summary(self.out)
             write_json_atomic(self.run_json, self.run_metadata(status, started, now_iso()))
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -316,8 +323,9 @@ class Runner:
             cluster.ensure_template(self.template_rows)
             dbname = cluster.clone_database(f"cell_{os.getpid()}")
             stack.callback(cluster.drop_database, dbname)
+            assert cluster.port is not None  # started above
             db_host, db_port = session.db_endpoint(cluster.host, cluster.port)
-            port = free_port(session.server_bind_host)
+            port = session.server_port()
             client_host, client_port = session.client_endpoint(port)
             _pin_pids(session.pids(), self.place["other_cpus"])
             env = app_environment(

@@ -1,0 +1,280 @@
+"""Latency backends: the proxy's delay, order and closing on real sockets; the commands
+netem would run; backend choice and its refusal where the kernel lacks sch_netem."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from bench.latency import LatencyError, open_latency, resolve_backend
+from bench.latency import auto as latency_auto
+from bench.latency.netem import NETEM_LIMIT, NetemSession, Topology, netem_qdisc_command
+from bench.latency.proxy import DelayedWriter, ProxyProcess, ProxySession, delays
+
+
+class EchoServer:
+    """A real TCP server on loopback that echoes each chunk back at once."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.received = bytearray()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                self.received += data
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+def round_trips_ms(host: str, port: int, count: int = 20) -> list[float]:
+    with socket.create_connection((host, port), timeout=5) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        times = []
+        for i in range(count):
+            payload = f"ping {i}\n".encode()
+            t0 = time.perf_counter()
+            conn.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                got += conn.recv(4096)
+            times.append((time.perf_counter() - t0) * 1000)
+            assert got == payload
+        return times
+
+
+@pytest.mark.parametrize(("direction", "delay_ms"), [("upstream", 80), ("downstream", 80),
+                                                     ("both", 40)])
+def test_proxy_adds_its_delay_once_per_round_trip(echo: EchoServer, direction: str,
+                                                  delay_ms: int) -> None:
+    proxy = ProxyProcess(("127.0.0.1", echo.port), delay_ms, direction)
+    host, port = proxy.start()
+    try:
+        times = round_trips_ms(host, port)
+    finally:
+        proxy.stop()
+    added = 80  # one way delayed by 80, or both ways by 40
+    assert added <= statistics.median(times) < added * 1.10, times
+    assert min(times) >= added * 0.98, times
+
+
+def test_proxy_at_zero_adds_under_a_millisecond(echo: EchoServer) -> None:
+    proxy = ProxyProcess(("127.0.0.1", echo.port), 0, "upstream")
+    host, port = proxy.start()
+    try:
+        times = round_trips_ms(host, port, 50)
+    finally:
+        proxy.stop()
+    assert statistics.median(times) < 1.0, times
+
+
+def test_proxy_keeps_order_and_every_byte(echo: EchoServer) -> None:
+    proxy = ProxyProcess(("127.0.0.1", echo.port), 20, "both")
+    host, port = proxy.start()
+    sent = b"".join(f"{i:06d}".encode() for i in range(20000))  # 120 kB in many writes
+    try:
+        with socket.create_connection((host, port), timeout=10) as conn:
+            for offset in range(0, len(sent), 997):
+                conn.sendall(sent[offset:offset + 997])
+            conn.shutdown(socket.SHUT_WR)  # the FIN is passed on, late, after the data
+            got = bytearray()
+            while data := conn.recv(65536):
+                got += data
+    finally:
+        proxy.stop()
+    assert bytes(got) == sent
+    assert bytes(echo.received) == sent
+
+
+def test_proxy_closes_the_client_when_the_upstream_refuses() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    proxy = ProxyProcess(("127.0.0.1", dead_port), 10, "upstream")
+    host, port = proxy.start()
+    try:
+        with socket.create_connection((host, port), timeout=5) as conn:
+            conn.sendall(b"hello")
+            assert conn.recv(10) == b""  # closed, no answer
+    finally:
+        proxy.stop()
+
+
+def test_delayed_writer_releases_in_arrival_order() -> None:
+    class Sink(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out: list[tuple[float, bytes]] = []
+            self.eof = False
+
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            self.out.append((loop.time(), bytes(data)))
+
+        def is_closing(self) -> bool:
+            return False
+
+        def can_write_eof(self) -> bool:
+            return True
+
+        def write_eof(self) -> None:
+            self.eof = True
+
+    async def scenario() -> tuple[Sink, list[float], bool]:
+        closed: list[bool] = []
+        writer = DelayedWriter(loop, 0.05, lambda: closed.append(True))
+        sink = Sink()
+        writer.attach(sink)
+        starts = []
+        for i in range(5):
+            starts.append(loop.time())
+            writer.push(f"chunk{i}".encode())
+            await asyncio.sleep(0.01)
+        writer.push(None)
+        await asyncio.sleep(0.1)
+        return sink, starts, bool(closed)
+
+    loop = asyncio.new_event_loop()
+    try:
+        sink, starts, closed = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert [data for _, data in sink.out] == [f"chunk{i}".encode() for i in range(5)]
+    for (at, _), start in zip(sink.out, starts, strict=True):
+        assert at - start >= 0.05
+    assert sink.eof and closed
+
+
+def test_delays_by_direction() -> None:
+    assert delays(100, "upstream") == (0.1, 0.0)
+    assert delays(100, "downstream") == (0.0, 0.1)
+    assert delays(100, "both") == (0.1, 0.1)
+    with pytest.raises(ValueError, match="direction"):
+        delays(100, "sideways")
+
+
+def test_proxy_cli_rejects_bad_arguments() -> None:
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "bench.latency.proxy", "--listen", "nohost",
+                             "--upstream", "127.0.0.1:1", "--delay-ms", "5"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "HOST:PORT" in result.stderr
+
+
+def test_proxy_session_routes_both_ways_and_leaves_nothing(echo: EchoServer) -> None:
+    session = open_latency("proxy", 30, cpus=sorted(os.sched_getaffinity(0)))
+    assert isinstance(session, ProxySession)
+    with session:
+        db_host, db_port = session.db_endpoint("127.0.0.1", echo.port)
+        client_host, client_port = session.client_endpoint(echo.port)
+        assert (db_host, client_host) == ("127.0.0.1", "127.0.0.1")
+        assert db_port != echo.port and client_port != echo.port
+        pids = session.pids()
+        assert len(pids) == 2
+        assert 30 <= statistics.median(round_trips_ms(client_host, client_port, 5)) < 40
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_netem_topology_commands() -> None:
+    topo = Topology(owner_pid=4194303, index=7)
+    assert len(topo.host_dev) <= 15 and len(topo.ns_dev) <= 15
+    cmds = topo.setup_commands(150)
+    assert cmds[0] == ["ip", "netns", "add", "asyncdj-4194303-7"]
+    assert ["ip", "link", "add", topo.host_dev, "type", "veth", "peer", "name",
+            topo.ns_dev] in cmds
+    assert ["ip", "link", "set", topo.ns_dev, "netns", topo.netns] in cmds
+    assert cmds[-1] == ["tc", "-n", topo.netns, "qdisc", "add", "dev", topo.ns_dev, "root",
+                        "netem", "delay", "150ms", "limit", str(NETEM_LIMIT)]
+    assert not any(cmd[0] == "tc" for cmd in topo.setup_commands(0))  # 0 ms: no qdisc
+    assert topo.teardown_commands()[0] == ["ip", "netns", "delete", topo.netns]
+    host_net = topo.host_ip.rsplit(".", 1)
+    ns_net = topo.ns_ip.rsplit(".", 1)
+    assert host_net[0] == ns_net[0] and int(ns_net[1]) == int(host_net[1]) + 1
+    assert netem_qdisc_command("ns", "eth0", 5)[-3:] == ["5ms", "limit", str(NETEM_LIMIT)]
+
+
+def test_netem_session_wraps_the_server_and_points_at_the_veth(monkeypatch) -> None:
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        ran.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr("bench.latency.netem._run", fake_run)
+    session = NetemSession(200)
+    topo = session.topology
+    assert session.command_prefix == ["ip", "netns", "exec", topo.netns]
+    assert session.server_bind_host == topo.ns_ip and session.pg_listen_host == topo.host_ip
+    assert session.db_endpoint("ignored", 5432) == (topo.host_ip, 5432)
+    assert session.client_endpoint(8000) == (topo.ns_ip, 8000)
+    assert ["tc", "-n", topo.netns, "qdisc", "add", "dev", topo.ns_dev, "root", "netem",
+            "delay", "200ms", "limit", str(NETEM_LIMIT)] in ran
+    session.close()
+    assert ran[-2] == ["ip", "netns", "delete", topo.netns]
+
+
+def test_auto_falls_back_to_the_proxy_and_says_why(monkeypatch) -> None:
+    monkeypatch.setattr(latency_auto, "netem_problem", lambda: "kernel has no sch_netem")
+    assert resolve_backend("auto") == ("proxy", "netem unavailable: kernel has no sch_netem")
+    with pytest.raises(LatencyError, match="netem cannot run here: kernel has no sch_netem"):
+        resolve_backend("netem")
+    monkeypatch.setattr(latency_auto, "netem_problem", lambda: None)
+    assert resolve_backend("auto")[0] == "netem"
+
+
+def test_the_probe_agrees_with_tc_on_this_machine() -> None:
+    """Where root and tc exist, the probe's answer is tc's own (here: no sch_netem)."""
+    if os.geteuid() != 0 or not shutil_which("tc"):
+        pytest.skip("needs root and tc (iproute2) to try a netem qdisc")
+    problem = latency_auto.netem.probe()
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "asyncdj-probe" not in namespaces  # the probe cleans up after itself
+    if problem is None:
+        assert resolve_backend("auto")[0] == "netem"
+    else:
+        assert "netem" in problem or "sch_netem" in problem
+
+
+def test_none_refuses_a_latency() -> None:
+    with pytest.raises(LatencyError, match="none cannot add 100 ms"):
+        open_latency("none", 100)
+    with open_latency("none", 0) as session:
+        assert session.db_endpoint("127.0.0.1", 5) == ("127.0.0.1", 5)
+
+
+def shutil_which(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name)
