@@ -24,9 +24,9 @@ from bench.paths import load_dir
 from bench.results import write_csv_atomic
 
 USER_CLASSES = {"cpu": "CpuUser", "io_read": "IoReadUser", "io_create": "IoCreateUser"}
-PROFILE_KEYS = {"description": str, "users": int, "spawn_rate": (int, float),
-                "duration_s": (int, float), "hold_start_s": (int, float),
-                "timeout_s": (int, float)}
+PROFILE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "description": str, "users": int, "spawn_rate": (int, float), "duration_s": (int, float),
+    "hold_start_s": (int, float), "timeout_s": (int, float)}
 LOCUST_FILES = {"stats.csv": "locust_stats.csv", "stats_history.csv": "locust_stats_history.csv",
                 "failures.csv": "locust_failures.csv", "exceptions.csv": "locust_exceptions.csv"}
 
@@ -84,8 +84,8 @@ def parse_profile(name: str, table: object, where: str = "profiles.toml") -> Pro
         if key not in table:
             raise LoadError(f"{where}: [{name}] key {key!r} is missing")
         value = table[key]
-        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0 and (
-                key != "hold_start_s" or value < 0):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not isinstance(
+                value, kind) or value <= 0 and (key != "hold_start_s" or value < 0):
             raise LoadError(f"{where}: [{name}] key {key!r} must be a positive number, "
                             f"not {value!r}")
         values[key] = value

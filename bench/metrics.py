@@ -122,7 +122,7 @@ def resource_metrics(path: Path, profile: Profile) -> dict[str, Any]:
         return max(values) if values else None
 
     hold = [r for r in rows if (r.get("t_s") or 0) >= profile.hold_start_s] or rows
-    server_cpu = [r["server_cpu_pct"] for r in hold if r.get("server_cpu_pct") is not None]
+    server_cpu = [float(v) for r in hold if (v := r.get("server_cpu_pct")) is not None]
     locust_cpu = col("locust_cpu_pct")
     # A 3-second moving average, so one noisy sample does not flag a cell.
     smooth = [statistics.fmean(locust_cpu[i:i + 3]) for i in range(max(len(locust_cpu) - 2, 1))

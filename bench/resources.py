@@ -134,7 +134,7 @@ class ResourceSampler:
         while not self._stop.wait(self.interval_s):
             try:
                 self.rows.append(self.sample())
-            except Exception:  # noqa: BLE001 - a failed sample must not end the cell
+            except Exception:  # noqa: BLE001, S112 - a failed sample must not end the cell
                 continue
 
     def stop(self) -> None:

@@ -137,7 +137,8 @@ def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Pa
 def _check_unknown(data: dict[str, Any], allowed: set[str], path: Path, prefix: str = "") -> None:
     for key in data:
         if key not in allowed:
-            raise _fail(path, f"{prefix}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            raise _fail(path, f"{prefix}{key}",
+                        f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
 def _choice(value: str, choices: tuple[str, ...], path: Path, key: str) -> str:

@@ -30,7 +30,10 @@ def expected_ct(loop: int) -> int:
 
 def _request(url: str, data: dict[str, str] | None, timeout_s: float) -> tuple[int, Any]:
     body = urllib.parse.urlencode(data).encode() if data is not None else None
-    req = urllib.request.Request(url, data=body, method="POST" if data is not None else "GET")
+    if not url.startswith(("http://", "https://")):
+        raise VerificationError(f"{url}: only http(s) URLs can be verified")
+    req = urllib.request.Request(  # noqa: S310 - scheme checked above
+        url, data=body, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (http URL we built)
             status, raw = resp.status, resp.read()
