@@ -10,11 +10,13 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 from bench.verify import ROUTES
 
@@ -114,8 +116,15 @@ def _add_pg(parser: argparse.ArgumentParser) -> None:
                         help="loop size of cpu/ (default: 10000000, the study's)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (exit code 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m bench",
         description="Asynchronize-Django: benchmark Django deployments (sync vs async, "
                     "servers, DB connection settings) as network latency grows.")
@@ -206,11 +215,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from bench.postgres import PostgresCluster
-    from bench.server import free_port
-    from bench.server import ServerProcess, app_environment
+    from bench.server import ServerError, ServerProcess, app_environment, free_port
     from bench.variants import VariantError, discover, select
 
     variant = select(discover(), [args.variant])[0]
+    if args.port:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind((args.host, args.port))
+        except OSError as exc:
+            raise ServerError(f"cannot bind {args.host}:{args.port} ({exc.strerror}); omit "
+                              "--port to use a free one") from None
     port = args.port or free_port(args.host)
     with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
         if args.external_db:

@@ -1,0 +1,94 @@
+"""Every door gives a clear error: exit code 2, one line, no traceback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.latency import LatencyError, resolve_backend
+
+
+def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["run", "--variants", "nope"], ["unknown variant 'nope'", "sync_gunicorn"]),
+    (["run", "--routes", "cpu,foo"], ["unknown route 'foo'", "io_create"]),
+    (["run", "--latencies", "0,-5"], ["latencies must be integers >= 0", "'-5'"]),
+    (["run", "--latencies", "fast"], ["latencies must be integers"]),
+    (["run", "--latencies", "0,0"], ["repeated"]),
+    (["run", "--profile", "fast"], ["unknown profile 'fast'", "quick"]),
+    (["run", "--repeats", "0"], ["--repeats", ">= 1"]),
+    (["run", "--resume", "/nonexistent/run"], ["not a results folder"]),
+    (["run", "--pg-bin", "/tmp"], ["holds no PostgreSQL binaries", "pgserver"]),
+    (["run", "--latency-backend", "tc"], ["unknown latency backend 'tc'"]),
+    (["run", "--load-processes", "x"], ["--load-processes"]),
+    (["serve", "nope"], ["unknown variant 'nope'"]),
+    (["report", "/nonexistent/run"], ["not a results folder"]),
+    (["frobnicate"], ["invalid choice"]),
+])
+def test_bad_arguments(args: list[str], needles: list[str]) -> None:
+    assert_one_line_error(bench(*args), *needles)
+
+
+def test_netem_where_the_kernel_lacks_it() -> None:
+    try:
+        resolve_backend("netem")
+    except LatencyError:
+        pass
+    else:
+        pytest.skip("this machine has a working netem; the refusal cannot be shown here")
+    assert_one_line_error(bench("run", "--latency-backend", "netem", "--variants",
+                                "sync_gunicorn", "--routes", "cpu", "--latencies", "0"),
+                          "netem")
+
+
+def test_resume_with_another_configuration_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "old"
+    folder.mkdir()
+    config = {"variants": ["sync_gunicorn"], "routes": ["cpu"], "latencies_ms": [0],
+              "profile": "smoke", "repeats": 1, "latency_backend": "proxy",
+              "load_processes": 1, "target": None, "pg_max_connections": None,
+              "pool_sizes": None, "cpu_loop": 1000, "rows": 1000}
+    (folder / "run.json").write_text(json.dumps({"format": 1, "config": config}))
+    result = bench("run", "--resume", str(folder), "--variants", "sync_gunicorn", "--routes",
+                   "cpu", "--latencies", "0,100", "--profile", "smoke", "--latency-backend",
+                   "proxy", "--cpu-loop", "1000", "--rows", "1000")
+    assert_one_line_error(result, "configuration differs", "latencies_ms")
+
+
+def test_out_folder_holding_a_run_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text("{}")
+    assert_one_line_error(bench("run", "--out", str(tmp_path), "--routes", "cpu"),
+                          "already holds a run", "--resume")
+
+
+def test_serve_on_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_one_line_error(bench("serve", "sync_gunicorn", "--port", str(port)),
+                              f"127.0.0.1:{port}", "omit --port")
+
+
+def test_help_on_every_command() -> None:
+    for command in ([], ["variants"], ["requirements"], ["serve"], ["run"], ["report"]):
+        result = bench(*command, "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout

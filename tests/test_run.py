@@ -1,0 +1,151 @@
+"""`bench run` for real, at small scale: the study's central effect, a server dying
+mid-cell, Ctrl-C cleanup and --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from bench.paths import servers_dir
+
+pytestmark = pytest.mark.integration
+
+SMALL = ["--rows", "2000", "--cpu-loop", "1000", "--no-report"]
+
+
+def bench_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bench", *args]
+
+
+def cell(out: Path, cell_id: str) -> dict[str, Any]:
+    return json.loads((out / "cells" / cell_id / "cell.json").read_text())
+
+
+def netns_list() -> str:
+    if not shutil.which("ip"):
+        return ""
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_central_effect_sync_collapses_with_latency_async_holds(tmp_path: Path) -> None:
+    """The study's result at small scale, through the proxy backend: sync_gunicorn's steady
+    sRPS at 100 ms < 30% of its 0 ms value; async_unlimited's > 60%."""
+    out = tmp_path / "run"
+    result = subprocess.run(bench_cmd(
+        "run", "--variants", "sync_gunicorn,async_unlimited", "--routes", "io_create",
+        "--latencies", "0,100", "--profile", "smoke", "--latency-backend", "proxy",
+        "--out", str(out), *SMALL), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steady = {}
+    for variant in ("sync_gunicorn", "async_unlimited"):
+        for latency in (0, 100):
+            record = cell(out, f"{variant}__io_create__{latency}ms__r1")
+            assert record["status"] == "ok", record["reason"]
+            assert record["latency_backend"] == "proxy"
+            steady[variant, latency] = record["metrics"]["steady_srps"]
+    sync_ratio = steady["sync_gunicorn", 100] / steady["sync_gunicorn", 0]
+    async_ratio = steady["async_unlimited", 100] / steady["async_unlimited", 0]
+    print(f"steady sRPS {steady}; sync ratio {sync_ratio:.3f}, async ratio {async_ratio:.3f}")
+    assert sync_ratio < 0.30, steady
+    assert async_ratio > 0.60, steady
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and run["latency_backend"] == "proxy"
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 4
+
+
+def dying_servers_dir(tmp_path: Path) -> Path:
+    """The shipped sync_gunicorn, plus a copy whose server exits 4 s after it starts."""
+    folder = tmp_path / "servers"
+    shutil.copytree(servers_dir() / "sync_gunicorn", folder / "sync_gunicorn")
+    text = (servers_dir() / "sync_gunicorn" / "variant.toml").read_text()
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    if not Path(gunicorn).exists():
+        gunicorn = shutil.which("gunicorn") or "gunicorn"
+    text = text.replace('command = ["gunicorn"', f'command = ["timeout", "4", "{gunicorn}"')
+    text = text.replace('study_label = "Sync"\n', "")
+    (folder / "a_dying").mkdir()
+    (folder / "a_dying" / "variant.toml").write_text(text)
+    return folder
+
+
+def test_a_server_dying_mid_cell_fails_that_cell_and_the_run_goes_on(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "BENCH_SERVERS_DIR": str(dying_servers_dir(tmp_path))}
+    result = subprocess.run(bench_cmd(
+        "run", "--variants", "a_dying,sync_gunicorn", "--routes", "cpu", "--latencies", "0",
+        "--profile", "smoke", "--latency-backend", "none", "--out", str(out), *SMALL),
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 1, result.stderr[-3000:]  # a cell failed
+    dying = cell(out, "a_dying__cpu__0ms__r1")
+    assert dying["status"] == "failed"
+    assert "server exited with code" in dying["reason"]
+    assert cell(out, "sync_gunicorn__cpu__0ms__r1")["status"] == "ok"
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("backend", ["proxy"])
+def test_ctrl_c_leaves_nothing_and_resume_completes(tmp_path: Path, backend: str) -> None:
+    out = tmp_path / "run"
+    args = ["run", "--variants", "sync_gunicorn", "--routes", "cpu", "--latencies", "0,50",
+            "--profile", "smoke", "--latency-backend", backend, "--out", str(out), *SMALL]
+    namespaces = netns_list()
+    proc = subprocess.Popen(bench_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = out / "cells" / "sync_gunicorn__cpu__0ms__r1" / "cell.json"
+    second = out / "cells" / "sync_gunicorn__cpu__50ms__r1"
+    deadline = time.monotonic() + 240
+    # Wait until the first cell is finished and the second is under load.
+    while time.monotonic() < deadline and not (first.is_file()
+                                               and (second / ".locust").is_dir()):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    assert first.is_file(), "the first cell did not finish in time"
+    time.sleep(2)
+    children = descendants(proc.pid)
+    assert any("postgres" in " ".join(c.cmdline()) for c in children if not gone(c))
+    first_bytes = first.read_bytes()
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    stop_s = time.monotonic() - t0
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stop_s < 10, stop_s
+    left = [c for c in children if not gone(c)]
+    assert not left, [(c.pid, c.cmdline()) for c in left]
+    assert netns_list() == namespaces
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted"
+    assert json.loads((second / "cell.json").read_text())["status"] == "interrupted"
+    assert "--resume" in stderr
+
+    resumed = subprocess.run(bench_cmd(*[a for a in args if a not in ("--out", str(out))],
+                                       "--resume", str(out)),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert first.read_bytes() == first_bytes  # the finished cell is untouched
+    assert json.loads((second / "cell.json").read_text())["status"] == "ok"
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
