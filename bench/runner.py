@@ -316,13 +316,16 @@ class Runner:
     def _measure(self, cell: Cell, cell_dir: Path, record: dict[str, Any]) -> float:
         if self.config.target:
             return self._measure_target(cell, cell_dir, record)
+        phases = _Phases(record)
         with contextlib.ExitStack() as stack:
             session: LatencySession = stack.enter_context(
                 open_latency(self.backend, cell.latency_ms, self.place["other_cpus"]))
             cluster = self._ensure_cluster(cell.variant, session.pg_listen_host)
             cluster.ensure_template(self.template_rows)
+            phases.mark("postgres")
             dbname = cluster.clone_database(f"cell_{os.getpid()}")
             stack.callback(cluster.drop_database, dbname)
+            phases.mark("clone")
             assert cluster.port is not None  # started above
             db_host, db_port = session.db_endpoint(cluster.host, cluster.port)
             port = session.server_port()
@@ -338,11 +341,14 @@ class Runner:
             server = ServerProcess(command, env, cell_dir / "server.log",
                                    cpu_affinity=self.place["server_cpus"])
             stack.callback(server.stop)
+            phases.mark("latency")
             server.start()
             server.wait_listening(session.server_bind_host, port)
+            phases.mark("server_start")
             url = f"http://{client_host}:{client_port}"
             verify_routes(url, self.config.cpu_loop, self.template_rows,
                           timeout_s=max(60.0, self.profile.timeout_s))
+            phases.mark("verify")
             locust = LocustRun(url, cell.route, self.profile, cell_dir,
                                processes=self.config.load_processes,
                                cpu_affinity=self.place["other_cpus"])
@@ -350,7 +356,6 @@ class Runner:
                 cell_dir / "resources.csv", server.pids,
                 lambda: [cluster.postmaster_pid] if cluster.postmaster_pid else [],
                 locust.pids, db_user=cluster.user)
-            t_load = time.monotonic()
             stack.callback(locust.stop)
             locust.start()
             sampler.start()
@@ -358,13 +363,15 @@ class Runner:
                 self._wait_load(locust, server)
             finally:
                 sampler.stop()
-            load_s = time.monotonic() - t_load
+            load_s = phases.mark("load")
             code = server.exit_code()
             if code is not None:
                 record["reason"] = (f"server exited with code {code} during the load:\n"
                                     f"{server.log_tail(8)}")
             record["metrics"] = cell_metrics(cell_dir, self.profile)
-            return load_s
+            phases.mark("metrics")
+        phases.mark("stop")
+        return load_s
 
     def _wait_load(self, locust: LocustRun, server: ServerProcess) -> None:
         deadline = time.monotonic() + self.profile.duration_s + self.profile.timeout_s + 30
@@ -397,6 +404,21 @@ class Runner:
             locust.stop()
         record["metrics"] = cell_metrics(cell_dir, self.profile)
         return time.monotonic() - t_load
+
+
+class _Phases:
+    """Seconds spent in each step of a cell (cell.json "phases_s"): where overhead goes."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.times: dict[str, float] = {}
+        record["phases_s"] = self.times
+        self._last = time.monotonic()
+
+    def mark(self, name: str) -> float:
+        now = time.monotonic()
+        self.times[name] = round(now - self._last, 2)
+        self._last = now
+        return self.times[name]
 
 
 def _jsonable(value: Any) -> Any:

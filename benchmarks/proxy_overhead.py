@@ -1,0 +1,145 @@
+"""The latency proxy's own cost. Targets (issue 3): added round-trip time at L = 0 under
+0.5 ms (median); at L = 100 the measured added delay within 5% of L; and how many chunks
+per second it forwards on one core.
+
+    python benchmarks/proxy_overhead.py [--round-trips N] [--connections C] [--seconds S]
+
+An echo server on loopback answers each message at once. Round trips are timed direct
+and through the proxy (bench/latency/proxy.py, a process of its own, as in a run); the
+difference is the proxy's cost. Throughput: C connections ping-pong as fast as they can
+through the proxy pinned to one core, with the clients and the echo server on the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import threading
+import time
+
+import psutil
+
+from bench.latency.proxy import ProxyProcess
+
+RTT_TARGET_MS = 0.5
+ACCURACY_TARGET = 0.05
+
+
+def echo_server() -> int:
+    """A threaded echo server; returns its port."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+
+    def echo(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def serve() -> None:
+        while True:
+            conn, _ = sock.accept()
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(sock.getsockname()[1])
+
+
+def round_trips_ms(port: int, count: int) -> list[float]:
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(20):  # warm up
+            conn.sendall(b"x" * 64)
+            conn.recv(64)
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            conn.sendall(b"x" * 64)
+            got = 0
+            while got < 64:
+                got += len(conn.recv(64 - got))
+            times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+async def _pingpong(port: int, connections: int, seconds: float) -> int:
+    done = 0
+    stop_at = time.monotonic() + seconds
+
+    async def one() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.monotonic() < stop_at:
+            writer.write(b"y" * 64)
+            await reader.readexactly(64)
+            done += 1
+        writer.close()
+
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return done
+
+
+def throughput(port: int, proxy_pid: int, connections: int, seconds: float) -> dict[str, float]:
+    proc = psutil.Process(proxy_pid)
+    proc.cpu_percent(None)
+    t0 = time.monotonic()
+    trips = asyncio.run(_pingpong(port, connections, seconds))
+    elapsed = time.monotonic() - t0
+    cpu = proc.cpu_percent(None)
+    # Each round trip is two chunks through the proxy (request and echo).
+    return {"round_trips_per_s": round(trips / elapsed), "chunks_per_s": round(2 * trips / elapsed),
+            "proxy_cpu_pct": round(cpu, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--round-trips", type=int, default=500)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    proxy_cpus, other_cpus = (cpus[-1:], cpus[:-1]) if len(cpus) > 1 else (cpus, cpus)
+    os.sched_setaffinity(0, other_cpus)
+    port = echo_server()
+
+    direct = round_trips_ms(port, args.round_trips)
+    results: dict[str, object] = {"direct_rtt_median_ms": round(statistics.median(direct), 3)}
+    for delay_ms in (0, 100):
+        proxy = ProxyProcess(("127.0.0.1", port), delay_ms, "upstream", cpus=proxy_cpus)
+        _, proxy_port = proxy.start()
+        try:
+            count = args.round_trips if delay_ms == 0 else max(20, args.round_trips // 10)
+            proxied = round_trips_ms(proxy_port, count)
+            added = statistics.median(proxied) - statistics.median(direct)
+            results[f"L{delay_ms}_rtt_median_ms"] = round(statistics.median(proxied), 3)
+            results[f"L{delay_ms}_rtt_p99_ms"] = round(statistics.quantiles(proxied, n=100)[98], 3)
+            results[f"L{delay_ms}_added_ms"] = round(added, 3)
+            if delay_ms == 0:
+                assert proxy.pid is not None
+                results.update({f"L0_{k}": v for k, v in throughput(
+                    proxy_port, proxy.pid, args.connections, args.seconds).items()})
+        finally:
+            proxy.stop()
+    added0 = float(results["L0_added_ms"])  # type: ignore[arg-type]
+    added100 = float(results["L100_added_ms"])  # type: ignore[arg-type]
+    error100 = abs(added100 - 100) / 100
+    print(f"direct round trip: median {results['direct_rtt_median_ms']} ms")
+    print(f"L = 0:   added {added0:.3f} ms median (target < {RTT_TARGET_MS} ms)")
+    print(f"L = 100: added {added100:.2f} ms median, error {error100:.1%} "
+          f"(target < {ACCURACY_TARGET:.0%})")
+    print(f"one core: {results['L0_chunks_per_s']} chunks/s "
+          f"({results['L0_round_trips_per_s']} round trips/s over {args.connections} "
+          f"connections), proxy CPU {results['L0_proxy_cpu_pct']}%")
+    print(json.dumps(results))
+    return 0 if added0 < RTT_TARGET_MS and error100 < ACCURACY_TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
