@@ -8,13 +8,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.server import free_port
-from bench.server import ServerProcess, app_environment
+from bench.server import ServerProcess, app_environment, free_port
 from bench.variants import Variant, discover
 from bench.verify import expected_ct, verify_routes
 

@@ -82,7 +82,8 @@ def check(cluster: PostgresCluster, db: str, url: str, body: bytes,
         assert row == (sent["title"], sent["content"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(form=forms)
 def test_random_forms(server: tuple[str, str], pg_cluster: PostgresCluster,
                       form: dict[str, str]) -> None:
@@ -90,7 +91,8 @@ def test_random_forms(server: tuple[str, str], pg_cluster: PostgresCluster,
     check(pg_cluster, db, url, urllib.parse.urlencode(form).encode(), form)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=raw_bodies)
 def test_random_raw_bodies(server: tuple[str, str], pg_cluster: PostgresCluster,
                            body: bytes) -> None:

@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.load import LoadError, LocustRun, Profile, available_profiles, load_profile, \
-    parse_profile
+from bench.load import (
+    LoadError,
+    LocustRun,
+    Profile,
+    available_profiles,
+    load_profile,
+    parse_profile,
+)
 from bench.metrics import batch_means_ci, cell_metrics
 
 GOOD = {"users": 10, "spawn_rate": 10, "duration_s": 10, "hold_start_s": 2, "timeout_s": 5}

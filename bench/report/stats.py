@@ -1,0 +1,187 @@
+"""Statistics of the report: steady sRPS with its 95% CI per (column, route, latency), the
+flag for intervals too wide to trust, and the three-way interaction on log steady sRPS.
+
+Across repeats the interval is Student t on the repeats' steady sRPS (n - 1 degrees of
+freedom); with one repeat it is the cell's own batch-means interval (bench/metrics.py,
+5 batches, 4 degrees of freedom). The interaction's interval is the delta method: each
+cell's standard error is recovered from its interval (half-width / t quantile), divided by
+the mean for the log scale, and the eight variances are summed (normal quantile).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from scipy import stats
+
+from bench.metrics import BATCHES
+from bench.report.data import CellRecord
+
+CONFIDENCE = 0.95
+WIDE_CI_FRACTION = 0.20
+BATCH_DF = BATCHES - 1
+
+METHOD_REPEATS = "repeats"
+METHOD_BATCHES = "batch means"
+METHOD_NONE = "none"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its 95% interval (None when there is none) and how it was obtained."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int
+    df: int | None
+    method: str
+
+    @property
+    def wide(self) -> bool:
+        return ci_too_wide(self.mean, self.low, self.high)
+
+    @property
+    def se(self) -> float | None:
+        """The standard error implied by the interval."""
+        if self.low is None or self.high is None or not self.df:
+            return None
+        return (self.high - self.low) / (2 * t_quantile(self.df))
+
+
+def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
+    return float(stats.t.ppf((1 + confidence) / 2, df))
+
+
+def t_interval(values: list[float], confidence: float = CONFIDENCE
+               ) -> tuple[float, float] | None:
+    """Student-t interval of the mean of `values` (None for fewer than two)."""
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    half = t_quantile(len(values) - 1, confidence) * statistics.stdev(values) / math.sqrt(
+        len(values))
+    return mean - half, mean + half
+
+
+def ci_too_wide(mean: float, low: float | None, high: float | None,
+                fraction: float = WIDE_CI_FRACTION) -> bool:
+    """True when the interval's full width exceeds `fraction` of the mean."""
+    if low is None or high is None:
+        return False
+    width = high - low
+    if mean <= 0:
+        return width > 0
+    return width > fraction * mean
+
+
+def ok_cells(cells: list[CellRecord]) -> list[CellRecord]:
+    return [c for c in cells if c.status == "ok"]
+
+
+def steady_estimate(cells: list[CellRecord]) -> Estimate | None:
+    """Steady sRPS of one (column, route, latency) over its successful repeats."""
+    values = [(c, v) for c in ok_cells(cells) if (v := c.metric("steady_srps")) is not None]
+    if not values:
+        return None
+    if len(values) >= 2:
+        numbers = [v for _, v in values]
+        interval = t_interval(numbers)
+        assert interval is not None
+        return Estimate(statistics.fmean(numbers), interval[0], interval[1], len(numbers),
+                        len(numbers) - 1, METHOD_REPEATS)
+    cell, value = values[0]
+    ci = cell.ci95
+    if ci is None:
+        return Estimate(value, None, None, 1, None, METHOD_NONE)
+    return Estimate(value, ci[0], ci[1], 1, BATCH_DF, METHOD_BATCHES)
+
+
+def mean_metric(cells: list[CellRecord], name: str) -> float | None:
+    """The mean of a metric over the successful repeats that have it."""
+    values = [v for c in ok_cells(cells) if (v := c.metric(name)) is not None]
+    return statistics.fmean(values) if values else None
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """The three-way interaction on log steady sRPS for one I/O route.
+
+    value = [(log S_sync,io,high - log S_sync,io,low) - (log S_async,io,high - log
+    S_async,io,low)] - [the same on cpu]. Negative: latency costs sync more than async on
+    the I/O route, beyond what it costs each on cpu/.
+    """
+
+    io_route: str
+    sync_column: str
+    async_column: str
+    low_ms: int
+    high_ms: int
+    sync_io_fold: float  # S(low) / S(high): how many times throughput is divided
+    async_io_fold: float
+    sync_cpu_fold: float
+    async_cpu_fold: float
+    value: float
+    ci: tuple[float, float] | None
+    floored: tuple[str, ...]  # cells whose zero throughput was replaced by the floor
+
+
+Lookup = Callable[[str, str, int], Estimate | None]
+
+
+def log_and_se(estimate: Estimate, floor: float) -> tuple[float, float | None, bool]:
+    """log of the mean (floored above zero) and its delta-method standard error."""
+    floored = estimate.mean <= 0
+    mean = max(estimate.mean, floor)
+    se = estimate.se
+    return math.log(mean), (None if se is None else se / mean), floored
+
+
+def interaction(lookup: Lookup, sync_column: str, async_column: str, io_route: str,
+                low_ms: int, high_ms: int, floor: float) -> Interaction | str:
+    """The interaction, or one sentence saying which cell is missing."""
+    logs: dict[tuple[str, str, int], float] = {}
+    variance = 0.0
+    have_se = True
+    floored: list[str] = []
+    for column in (sync_column, async_column):
+        for route in (io_route, "cpu"):
+            for latency in (low_ms, high_ms):
+                estimate = lookup(column, route, latency)
+                if estimate is None:
+                    return (f"needs a successful {column} {route}/ cell at {latency} ms, "
+                            "which this run does not have")
+                value, se, was_floored = log_and_se(estimate, floor)
+                logs[column, route, latency] = value
+                if was_floored:
+                    floored.append(f"{column} {route}/ {latency} ms")
+                if se is None:
+                    have_se = False
+                else:
+                    variance += se * se
+
+    def change(column: str, route: str) -> float:
+        return logs[column, route, high_ms] - logs[column, route, low_ms]
+
+    value = (change(sync_column, io_route) - change(async_column, io_route)) - (
+        change(sync_column, "cpu") - change(async_column, "cpu"))
+    ci = None
+    if have_se:
+        half = float(stats.norm.ppf((1 + CONFIDENCE) / 2)) * math.sqrt(variance)
+        ci = (value - half, value + half)
+    return Interaction(
+        io_route, sync_column, async_column, low_ms, high_ms,
+        sync_io_fold=math.exp(-change(sync_column, io_route)),
+        async_io_fold=math.exp(-change(async_column, io_route)),
+        sync_cpu_fold=math.exp(-change(sync_column, "cpu")),
+        async_cpu_fold=math.exp(-change(async_column, "cpu")),
+        value=value, ci=ci, floored=tuple(floored))
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
