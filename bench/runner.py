@@ -143,8 +143,9 @@ def caveats(backend: str, backend_reason: str, place: dict[str, list[int]],
         notes.append(f"{cores} cores: the server has {len(place['server_cpus'])} core(s); "
                      "PostgreSQL, Locust and the latency proxy share the rest")
     if backend == "proxy":
-        notes.append("latency by TCP proxy, not netem: the server's SYN-ACK to a new client "
-                     f"connection is not delayed ({backend_reason})")
+        notes.append("latency by TCP proxy, not netem: TCP handshakes are not delayed (the "
+                     "server's SYN to PostgreSQL, its SYN-ACK to clients), so a new connection "
+                     f"costs one L less than under netem ({backend_reason})")
     if config.repeats == 1:
         notes.append("one repeat per cell: confidence intervals are batch means within a cell")
     if config.target:
@@ -165,10 +166,14 @@ class Runner:
         self.out = self._out_dir()
         self.run_json = self.out / "run.json"
         self.cells = plan_cells(config, self.variants)
-        self.backend, self.backend_reason = resolve_backend(config.latency_backend)
+        self.backend, self.backend_reason = self._resolve_latency()
         if self.backend == "none" and any(config.latencies_ms):
             raise RunError("--latency-backend none adds no latency: use --latencies 0, or "
                            "--latency-backend auto|proxy|netem")
+
+    def _resolve_latency(self) -> tuple[str, str]:
+        """(backend, why) for this run; Docker mode probes inside its containers instead."""
+        return resolve_backend(self.config.latency_backend)
 
     def _out_dir(self) -> Path:
         if self.config.resume:
@@ -321,6 +326,9 @@ class Runner:
             session: LatencySession = stack.enter_context(
                 open_latency(self.backend, cell.latency_ms, self.place["other_cpus"]))
             cluster = self._ensure_cluster(cell.variant, session.pg_listen_host)
+            if not session.server_bind_host.startswith("127."):
+                # A server in its own namespace connects from its veth address.
+                cluster.allow_clients(f"{session.server_bind_host}/32")
             cluster.ensure_template(self.template_rows)
             phases.mark("postgres")
             dbname = cluster.clone_database(f"cell_{os.getpid()}")
