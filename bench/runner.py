@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -332,7 +332,7 @@ class Runner:
             cluster.ensure_template(self.template_rows)
             phases.mark("postgres")
             dbname = cluster.clone_database(f"cell_{os.getpid()}")
-            stack.callback(cluster.drop_database, dbname)
+            stack.callback(_drop_if_running, cluster, dbname)
             phases.mark("clone")
             assert cluster.port is not None  # started above
             db_host, db_port = session.db_endpoint(cluster.host, cluster.port)
@@ -367,31 +367,41 @@ class Runner:
             stack.callback(locust.stop)
             locust.start()
             sampler.start()
+
+            def crashed() -> str | None:
+                code = server.exit_code()
+                if code is not None:
+                    return f"server exited with code {code} during the load:\n" \
+                           f"{server.log_tail(8)}"
+                if not cluster.running:
+                    return f"PostgreSQL exited during the load: {cluster.log_tail(3)}"
+                return None
+
             try:
-                self._wait_load(locust, server)
+                record["reason"] = self._wait_load(locust, crashed)
             finally:
                 sampler.stop()
             load_s = phases.mark("load")
-            code = server.exit_code()
-            if code is not None:
-                record["reason"] = (f"server exited with code {code} during the load:\n"
-                                    f"{server.log_tail(8)}")
             record["metrics"] = cell_metrics(cell_dir, self.profile)
             phases.mark("metrics")
         phases.mark("stop")
         return load_s
 
-    def _wait_load(self, locust: LocustRun, server: ServerProcess) -> None:
+    def _wait_load(self, locust: LocustRun, crashed: Callable[[], str | None]) -> str | None:
+        """Wait for Locust to finish; the reason the cell failed, or None."""
         deadline = time.monotonic() + self.profile.duration_s + self.profile.timeout_s + 30
         while time.monotonic() < deadline:
             try:
-                locust.wait(timeout=0.5)
-                return
+                code = locust.wait(timeout=0.5)
             except TimeoutError:
-                pass
-            if server.exit_code() is not None:
-                locust.stop()
-                return
+                reason = crashed()
+                if reason:
+                    locust.stop()
+                    return reason
+                continue
+            if code != 0:
+                return f"Locust exited with code {code}:\n{locust.log_tail()}"
+            return crashed()
         locust.stop()
         raise RuntimeError("Locust did not finish in time")
 
@@ -470,6 +480,13 @@ def _safe_metrics(cell_dir: Path, profile: Profile) -> dict[str, Any]:
         return cell_metrics(cell_dir, profile)
     except Exception:  # noqa: BLE001 - a failed cell keeps what can be computed
         return {}
+
+
+def _drop_if_running(cluster: PostgresCluster, dbname: str) -> None:
+    """Drop a cell's database; a PostgreSQL that died mid-cell is restarted by the next cell,
+    whose clone replaces this one, so its failure reason stands rather than this error."""
+    if cluster.running:
+        cluster.drop_database(dbname)
 
 
 def _pin_pids(pids: list[int], cpus: list[int]) -> None:

@@ -107,11 +107,13 @@ def gone(proc: psutil.Process) -> bool:
         return True
 
 
-@pytest.mark.parametrize("backend", ["proxy"])
-def test_ctrl_c_leaves_nothing_and_resume_completes(tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_leaves_nothing_and_resume_completes(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (or SIGTERM) mid-cell: stopped within 10 s, no process, PostgreSQL, proxy or
+    namespace left, the running cell marked interrupted; --resume completes the run."""
     out = tmp_path / "run"
     args = ["run", "--variants", "sync_gunicorn", "--routes", "cpu", "--latencies", "0,50",
-            "--profile", "smoke", "--latency-backend", backend, "--out", str(out), *SMALL]
+            "--profile", "smoke", "--latency-backend", "proxy", "--out", str(out), *SMALL]
     namespaces = netns_list()
     proc = subprocess.Popen(bench_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -129,7 +131,7 @@ def test_ctrl_c_leaves_nothing_and_resume_completes(tmp_path: Path, backend: str
     assert any("postgres" in " ".join(c.cmdline()) for c in children if not gone(c))
     first_bytes = first.read_bytes()
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)
     stop_s = time.monotonic() - t0
     assert proc.returncode == 130, stderr[-2000:]
@@ -149,3 +151,51 @@ def test_ctrl_c_leaves_nothing_and_resume_completes(tmp_path: Path, backend: str
     assert first.read_bytes() == first_bytes  # the finished cell is untouched
     assert json.loads((second / "cell.json").read_text())["status"] == "ok"
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def wait_for(predicate, proc: subprocess.Popen[str], timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def kill_descendant(proc: subprocess.Popen[str], needle: str) -> int:
+    for child in descendants(proc.pid):
+        try:
+            if needle in " ".join(child.cmdline()):
+                child.kill()
+                return child.pid
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError(f"no child process matching {needle!r}")
+
+
+def test_postgres_or_locust_dying_mid_cell_fails_that_cell_and_the_run_goes_on(
+        tmp_path: Path) -> None:
+    """SIGKILL to PostgreSQL in repeat 1 and to Locust in repeat 2: both cells fail with
+    the reason, and repeat 3 (PostgreSQL restarted) is measured as usual."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(bench_cmd(
+        "run", "--variants", "sync_gunicorn", "--routes", "io_create", "--latencies", "0",
+        "--repeats", "3", "--profile", "smoke", "--latency-backend", "none", "--out", str(out),
+        *SMALL), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for repeat, needle in ((1, "postgres -D"), (2, "locust")):
+            cell_dir = out / "cells" / f"sync_gunicorn__io_create__0ms__r{repeat}"
+            wait_for(lambda d=cell_dir: (d / ".locust").is_dir(), proc)  # type: ignore[misc]
+            time.sleep(2)
+            kill_descendant(proc, needle)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    first = cell(out, "sync_gunicorn__io_create__0ms__r1")
+    second = cell(out, "sync_gunicorn__io_create__0ms__r2")
+    third = cell(out, "sync_gunicorn__io_create__0ms__r3")
+    assert first["status"] == "failed" and "PostgreSQL exited" in first["reason"], first
+    assert second["status"] == "failed" and "Locust exited with code -9" in second["reason"]
+    assert third["status"] == "ok", third["reason"]
+    assert third["metrics"]["steady_srps"] > 0
