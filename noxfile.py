@@ -39,6 +39,14 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def bench_docker(session: nox.Session) -> None:
+    """The same matrix as containers (docker/compose.yaml): nox -s bench_docker -- [bench's
+    options]. Needs a Docker engine; images install from a host-built wheelhouse."""
+    install_bench(session)
+    session.run("python", "-m", "bench", "run", "--docker", *session.posargs)
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
     """The test suite: unit tests and small-scale integration tests on real components."""
     install_bench(session, "test")

@@ -1,4 +1,4 @@
-"""python -m bench {variants,requirements,serve,run,report}.
+"""python -m bench {variants,requirements,serve,run,report,db,load}.
 
 User errors (a bad variant.toml, an unknown route, missing PostgreSQL binaries...) end
 with one line on stderr and exit code 2, never a traceback.
@@ -25,6 +25,7 @@ USER_ERRORS: tuple[type[Exception], ...] = ()
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Every error class that means 'the user asked for something we cannot do'."""
+    from bench.docker import DockerError
     from bench.latency import LatencyError
     from bench.load import LoadError
     from bench.postgres import PostgresError
@@ -35,7 +36,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from bench.verify import VerificationError
 
     return (VariantError, PostgresError, LatencyError, LoadError, RunError, ServerError,
-            VerificationError, ReportError)
+            VerificationError, ReportError, DockerError)
 
 
 def _int_list(minimum: int, what: str) -> Callable[[str], list[int]]:
@@ -176,7 +177,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pool-size", type=_int_list(1, "--pool-size"), metavar="N,N",
                      help="sweep: override the pool max_size of pooled variants")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    run.add_argument("--docker", action="store_true",
+                     help="Docker mode: each cell as containers (docker/compose.yaml: db, "
+                          "server, load); latency by netem in the server container, else a "
+                          "proxy sidecar")
+    run.add_argument("--base-image", metavar="IMAGE",
+                     help="with --docker: the base image's own base (default: "
+                          "python:3.11-slim, or asynchronize-django-offline-base:bookworm "
+                          "when only that one is present; see docker/offline-base)")
     _add_pg(run)
+
+    db = sub.add_parser("db", help="PostgreSQL for Docker mode: template + fresh database, "
+                                   "until stopped",
+                        description="Start the embedded PostgreSQL (password from DB_PASSWORD), "
+                                    "ensure the template, clone a fresh database, print "
+                                    "'database ready' and run until SIGTERM/Ctrl-C.")
+    db.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    db.add_argument("--port", type=_positive, default=5432, help="port (default 5432)")
+    db.add_argument("--max-connections", type=_positive, default=100,
+                    help="PostgreSQL max_connections (default 100)")
+    db.add_argument("--database", default="posts", help="the fresh database's name (default posts)")
+    db.add_argument("--allow", action="append", default=[], metavar="CIDR",
+                    help="also accept password-authenticated TCP clients from CIDR (or "
+                         "'samenet'); repeatable")
+    _add_pg(db)
+
+    load = sub.add_parser("load", help="run Locust headless against a URL on one route",
+                          description="One Locust run (a profile from load/profiles.toml) "
+                                      "writing the cell files (stats_history.csv, ...) to --out.")
+    load.add_argument("url", help="base URL of the server, e.g. http://server:8000")
+    load.add_argument("--route", choices=ROUTES, required=True, help="the route to load")
+    load.add_argument("--profile", type=_profile, default="quick",
+                      help="load profile (default: quick)")
+    load.add_argument("--processes", type=_positive, default=1,
+                      help="Locust processes (default 1)")
+    load.add_argument("--out", type=Path, required=True, metavar="DIR",
+                      help="folder for Locust's files")
 
     report = sub.add_parser("report", help="write report.md/report.html for a results folder",
                             description="Build report.md, report.html and figures/ from a "
@@ -270,19 +306,72 @@ def cmd_run(args: argparse.Namespace) -> int:
         target=args.target, pg_bin=args.pg_bin, pg_max_connections=args.pg_max_connections,
         pool_sizes=args.pool_size, cpu_loop=args.cpu_loop, rows=args.rows,
     )
-    code = run(config)
-    if not args.no_report and code != 130:
-        from bench.report import build_report
+    if args.docker:
+        from bench.docker import DockerRunner
+
+        runner = DockerRunner(config, base_image=args.base_image)
+        code, out = runner.run(), runner.out
+    else:
         from bench.runner import last_out
 
+        code = run(config)
+        out = last_out()
+    if not args.no_report and code != 130:
+        from bench.report import build_report
+
         try:
-            for path in build_report(last_out()):
+            for path in build_report(out):
                 if path.suffix in {".md", ".html"}:
                     print(path)
         except Exception as exc:  # noqa: BLE001 - the results stand without a report
             print(f"warning: report failed: {exc}; retry with python -m bench report",
                   file=sys.stderr)
     return code
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    import time
+
+    from bench.postgres import PostgresCluster, PostgresError
+
+    password = os.environ.get("DB_PASSWORD")
+    if not password:
+        raise PostgresError("db needs DB_PASSWORD in the environment (the clients' password)")
+    with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
+        cluster = PostgresCluster(pg_bin=args.pg_bin)
+        stack.callback(cluster.close)
+        cluster.start(max_connections=args.max_connections, listen_host=args.host,
+                      port=args.port)
+        cluster.set_password(password)
+        for address in args.allow:
+            cluster.allow_clients(address)
+        cluster.ensure_template(args.rows)
+        cluster.clone_database(args.database)
+        print(f"database ready: {args.database} on {args.host}:{args.port} (PostgreSQL "
+              f"{cluster.version}, max_connections {args.max_connections})", flush=True)
+        try:
+            while cluster.running:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return 0
+        print(f"PostgreSQL exited: {cluster.log_tail()}", file=sys.stderr)
+        return 1
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from bench.load import LocustRun, load_profile
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    locust = LocustRun(args.url.rstrip("/"), args.route, load_profile(args.profile), args.out,
+                       processes=args.processes)
+    with _sigterm_as_interrupt():
+        try:
+            locust.start()
+            return locust.wait()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            locust.stop()
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -295,7 +384,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"variants": cmd_variants, "requirements": cmd_requirements, "serve": cmd_serve,
-            "run": cmd_run, "report": cmd_report}
+            "run": cmd_run, "report": cmd_report, "db": cmd_db, "load": cmd_load}
 
 
 def main(argv: list[str] | None = None) -> int:

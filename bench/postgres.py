@@ -443,6 +443,38 @@ class PostgresCluster:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
 
+    def set_password(self, password: str) -> None:
+        """Make `password` the database user's (Docker mode: it comes from the environment).
+
+        The cluster must be running; the new password is stored (scram) and kept in the
+        password file, so a cluster kept in a volume follows whatever password it is given.
+        """
+        if password == self.password:
+            return
+        with self.connect() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(DB_USER), sql.Literal(password)))
+        tmp = self.password_file.with_name(f".password.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password)
+        os.replace(tmp, self.password_file)
+
+    def allow_clients(self, address: str) -> None:
+        """Accept TCP clients from `address` (a CIDR, or `samenet`) with password auth.
+
+        initdb only lets loopback in; a server in another container or namespace needs this.
+        """
+        if self.data_dir is None or not self.running:
+            raise PostgresError("PostgreSQL is not started")
+        line = f"host all all {address} scram-sha-256\n"
+        hba = self.data_dir / "pg_hba.conf"
+        if line not in hba.read_text():
+            with hba.open("a") as handle:
+                handle.write(line)
+            with self.connect() as conn:
+                conn.execute("SELECT pg_reload_conf()")
+
     def connection_count(self) -> int:
         """Client backends connected, other than this query's own."""
         with self.connect() as conn:

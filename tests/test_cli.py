@@ -89,6 +89,7 @@ def test_serve_on_a_port_in_use(tmp_path: Path) -> None:
 
 
 def test_help_on_every_command() -> None:
-    for command in ([], ["variants"], ["requirements"], ["serve"], ["run"], ["report"]):
+    for command in ([], ["variants"], ["requirements"], ["serve"], ["run"], ["report"], ["db"],
+                    ["load"]):
         result = bench(*command, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout

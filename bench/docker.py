@@ -1,0 +1,532 @@
+"""Docker mode: the same cells as local mode, each run as containers (docker/compose.yaml).
+
+Per cell: `db` (the embedded PostgreSQL, a fresh database cloned from the template kept in
+a volume), `server` (the variant's image, started by `python -m bench serve VARIANT
+--external-db`, as in local mode), then `load` (Locust, writing into the cell's folder),
+then everything is removed. Latency: netem on the server container's eth0 where the kernel
+has sch_netem (probed in a container), else the delaying proxy as a sidecar that owns the
+server's network namespace (docker/compose.proxy.yaml).
+
+Images build offline: the host builds a wheelhouse (`pip wheel`), the base image installs
+from it, each variant's image is its servers/<variant>/Dockerfile FROM the base.
+
+The harness reaches containers by their bridge-network addresses (Linux) and samples their
+processes with psutil through the host's PIDs (`docker inspect`), so it runs on the
+engine's host, not inside a container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.latency.netem import NETEM_LIMIT
+from bench.metrics import cell_metrics
+from bench.paths import repo_root
+from bench.postgres import DB_USER, cache_root
+from bench.resources import ResourceSampler
+from bench.results import read_json
+from bench.runner import Cell, RunConfig, RunError, Runner, console
+from bench.server import ServerError, process_tree
+from bench.variants import all_requirements, discover
+from bench.verify import verify_routes
+
+BASE_TAG = "asynchronize-django-base:latest"
+DEFAULT_BASE = "python:3.11-slim"
+OFFLINE_BASE = "asynchronize-django-offline-base:bookworm"
+SERVER_PORT = 8000
+PROXY_PORT = 8001
+DB_NAME = "cell"
+BUILD_TIMEOUT_S = 1800
+DB_READY_TIMEOUT_S = 900.0
+SERVER_READY_TIMEOUT_S = 120.0
+
+
+class DockerError(Exception):
+    """No engine, no compose, an image that cannot be built; one line for the user."""
+
+
+def docker_dir() -> Path:
+    return repo_root() / "docker"
+
+
+def image_tag(variant: str) -> str:
+    return f"asynchronize-django-{variant}:latest"
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+# -- engine ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Engine:
+    docker: str
+    compose: tuple[str, ...]
+    server_version: str
+    compose_version: str
+    storage_driver: str
+
+    def run(self, args: list[str], timeout_s: float = 120, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return _run([self.docker, *args], timeout_s, check, env)
+
+
+def _run(cmd: list[str], timeout_s: float = 120, check: bool = True,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
+                                stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise DockerError(f"`{' '.join(cmd[:4])} ...` did not finish in {timeout_s:.0f} s"
+                          ) from None
+    except FileNotFoundError:
+        raise DockerError(f"{cmd[0]}: command not found") from None
+    if check and result.returncode != 0:
+        raise DockerError(f"`{' '.join(cmd[:5])}` failed: "
+                          f"{_first_line(result.stderr or result.stdout)}")
+    return result
+
+
+def find_engine() -> Engine:
+    """The docker CLI, a reachable engine and a compose (plugin, else docker-compose)."""
+    docker = shutil.which("docker")
+    if docker is None:
+        raise DockerError("no docker command: install Docker (Debian: apt-get install docker.io)")
+    probe = _run([docker, "info", "--format", "{{.ServerVersion}} {{.Driver}}"], 30, check=False)
+    if probe.returncode != 0 or not probe.stdout.strip():
+        raise DockerError("no Docker engine reachable (docker info: "
+                          f"{_first_line(probe.stderr) or 'no answer'}); start one, e.g. "
+                          "dockerd --storage-driver=vfs as root")
+    version, _, driver = probe.stdout.strip().partition(" ")
+    for compose in ([docker, "compose"], [shutil.which("docker-compose") or ""]):
+        if not compose[0]:
+            continue
+        found = _run([*compose, "version", "--short"], 30, check=False)
+        if found.returncode == 0:
+            return Engine(docker, tuple(compose), version, found.stdout.strip(), driver)
+    raise DockerError("neither `docker compose` nor `docker-compose` works: install one "
+                      "(Debian: apt-get install docker-compose)")
+
+
+class Compose:
+    """docker compose on docker/compose.yaml (+ the proxy overlay), one project."""
+
+    def __init__(self, engine: Engine, project: str, proxy: bool) -> None:
+        self.engine = engine
+        self.project = project
+        self.files = [docker_dir() / "compose.yaml"]
+        if proxy:
+            self.files.append(docker_dir() / "compose.proxy.yaml")
+
+    def run(self, args: list[str], env: dict[str, str], timeout_s: float = 300,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [*self.engine.compose, "-p", self.project]
+        for path in self.files:
+            cmd += ["-f", str(path)]
+        return _run([*cmd, *args], timeout_s, check, env)
+
+    def up(self, service: str, env: dict[str, str]) -> str:
+        """Start one service (a new container) and return its container id."""
+        self.run(["up", "-d", "--no-deps", "--force-recreate", "--no-build", service], env)
+        cid = self.run(["ps", "-q", service], env).stdout.strip()
+        if not cid:
+            raise DockerError(f"compose started no container for {service}")
+        return cid.splitlines()[0]
+
+    def down(self, env: dict[str, str]) -> None:
+        """Stop and remove the containers and the network; the PostgreSQL volume stays."""
+        self.run(["down", "--remove-orphans", "-t", "10"], env, timeout_s=180, check=False)
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+def wheelhouse_requirements() -> list[str]:
+    """The project's dependencies, every variant's `requires`, and setuptools to install it."""
+    with (repo_root() / "pyproject.toml").open("rb") as handle:
+        project = tomllib.load(handle)["project"]
+    variants = list(discover().values())
+    reqs = [*project["dependencies"], *all_requirements(variants), "setuptools>=68"]
+    return list(dict.fromkeys(reqs))
+
+
+def build_wheelhouse(folder: Path | None = None) -> Path:
+    """docker/wheelhouse/: wheels of every requirement for this Python, built on the host.
+
+    Kept while the requirements and the host's Python are the same (`.complete` stamp).
+    """
+    folder = folder or docker_dir() / "wheelhouse"
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(wheelhouse_requirements()) + "\n"
+    stamp = f"{sys.version_info.major}.{sys.version_info.minor}\n{text}"
+    done = folder / ".complete"
+    if done.is_file() and done.read_text() == stamp:
+        return folder
+    (folder / "requirements.txt").write_text(text)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(folder),
+                             "-r", str(folder / "requirements.txt")],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DockerError(f"pip wheel failed: {_first_line(result.stderr)}")
+    done.write_text(stamp)
+    return folder
+
+
+def choose_base_image(engine: Engine, requested: str | None) -> str:
+    """The base image's own base: asked for, else python:3.11-slim, else the offline base
+    when only that one is present (so no registry is contacted on a host without one)."""
+    if requested:
+        return requested
+    if os.environ.get("BENCH_BASE_IMAGE"):
+        return os.environ["BENCH_BASE_IMAGE"]
+    for image in (DEFAULT_BASE, OFFLINE_BASE):
+        if engine.run(["image", "inspect", image], 30, check=False).returncode == 0:
+            return image
+    return DEFAULT_BASE
+
+
+def check_base_python(engine: Engine, base_image: str) -> None:
+    """The wheelhouse is built for the host's Python: the base image must have the same."""
+    if engine.run(["image", "inspect", base_image], 30, check=False).returncode != 0:
+        pulled = engine.run(["pull", "-q", base_image], 600, check=False)
+        if pulled.returncode != 0:
+            raise DockerError(f"base image {base_image} is not here and cannot be pulled "
+                              f"({_first_line(pulled.stderr)}); without a registry build one "
+                              f"with docker/offline-base and pass --base-image {OFFLINE_BASE}")
+    found = engine.run(["run", "--rm", "--network", "none", base_image, "python3", "-c",
+                        "import sys; print('%d.%d' % sys.version_info[:2])"], 120, check=False)
+    want = f"{sys.version_info.major}.{sys.version_info.minor}"
+    have = found.stdout.strip()
+    if found.returncode != 0:
+        raise DockerError(f"base image {base_image} has no python3: "
+                          f"{_first_line(found.stderr)}")
+    if have != want:
+        raise DockerError(f"base image {base_image} has Python {have}, the wheelhouse is built "
+                          f"by Python {want}: run the harness with Python {have}, or pick a "
+                          f"base image with Python {want}")
+
+
+def build_images(compose: Compose, env: dict[str, str], variants: list[str]) -> None:
+    """The base image, then each variant's image (cached layers make reruns quick)."""
+    compose.run(["build", "base"], env, timeout_s=BUILD_TIMEOUT_S)
+    for name in dict.fromkeys(variants):
+        compose.run(["build", "server"], {**env, "BENCH_VARIANT": name},
+                    timeout_s=BUILD_TIMEOUT_S)
+
+
+def netem_problem(engine: Engine, image: str = BASE_TAG) -> str | None:
+    """None when netem works in a container with NET_ADMIN; else why not (one line)."""
+    tc = engine.run(["run", "--rm", "--network", "none", "--cap-add", "NET_ADMIN", image,
+                     "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+                    120, check=False)
+    if tc.returncode == 0:
+        return None
+    detail = _first_line(tc.stderr or tc.stdout) or f"tc exited {tc.returncode}"
+    if "unknown" in detail.lower() or "not found" in detail.lower():
+        return f"kernel has no sch_netem (tc in a container: {detail})"
+    return f"tc netem failed in a container: {detail}"
+
+
+def netem_command(latency_ms: int, dev: str = "eth0") -> list[str]:
+    return ["tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", f"{latency_ms}ms",
+            "limit", str(NETEM_LIMIT)]
+
+
+# -- containers --------------------------------------------------------------------------
+
+
+def container_state(engine: Engine, cid: str) -> dict[str, Any]:
+    out = engine.run(["inspect", "--format", "{{json .State}}", cid], 30).stdout
+    state: dict[str, Any] = json.loads(out)
+    return state
+
+
+def container_ip(engine: Engine, cid: str) -> str:
+    out = engine.run(["inspect", "--format",
+                      "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid], 30)
+    addresses = out.stdout.split()
+    if not addresses:
+        raise DockerError(f"container {cid[:12]} has no network address")
+    return addresses[0]
+
+
+def container_logs(engine: Engine, cid: str) -> str:
+    result = engine.run(["logs", cid], 60, check=False)
+    return result.stdout + result.stderr
+
+
+def serve_children(main_pid: int) -> list[int]:
+    """The server's own processes: the children of `python -m bench serve` (its wrapper,
+    like the harness in local mode, is not part of what is measured)."""
+    for proc in process_tree(main_pid):
+        with contextlib.suppress(Exception):
+            if proc.cmdline()[1:4] == ["-m", "bench", "serve"]:  # not docker-init's "--" args
+                return [child.pid for child in proc.children()]
+    return []
+
+
+def db_password() -> str:
+    """Docker mode's PostgreSQL password: random once, kept 0600 in the cache, given to the
+    containers through the environment (never written into an image or a file in git)."""
+    folder = cache_root()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "docker-db-password"
+    if not path.is_file():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def _wait_for(what: str, ready: Any, alive: Any, timeout_s: float, why_dead: Any) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if not alive():
+            raise ServerError(f"{what} exited before it was ready:\n{why_dead()}")
+        time.sleep(0.5)
+    raise ServerError(f"{what} not ready after {timeout_s:.0f} s:\n{why_dead()}")
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+class DockerRunner(Runner):
+    """Runner whose cells run as containers; plan, files and metrics are the runner's."""
+
+    def __init__(self, config: RunConfig, base_image: str | None = None) -> None:
+        if config.target:
+            raise RunError("--docker starts its own containers; --target benchmarks a "
+                           "deployment elsewhere: use one or the other")
+        if config.pg_bin:
+            raise RunError("--pg-bin does not apply with --docker: PostgreSQL runs in the db "
+                           "container (the image's pgserver binaries)")
+        self.engine = find_engine()
+        self.requested_base = base_image
+        self.base_image = ""
+        self.project = os.environ.get("BENCH_COMPOSE_PROJECT", "asynchronize-django")
+        self.password = db_password()
+        self.postgres_version: str | None = None
+        self._prepared = False
+        super().__init__(config)
+        # PostgreSQL runs in the db container, not on the host.
+        if self.cluster is not None:
+            self.cluster.close()
+        self.cluster = None
+        if config.resume and read_json(self.run_json).get("mode") != "docker":
+            raise RunError(f"{config.resume} is a local run; resume it without --docker")
+        self.compose = Compose(self.engine, self.project, proxy=self.backend == "proxy")
+
+    # -- preparation ---------------------------------------------------------------------
+
+    def base_env(self) -> dict[str, str]:
+        return {**os.environ, "BENCH_BASE_IMAGE": self.base_image,
+                "BENCH_DB_PASSWORD": self.password}
+
+    def prepare(self) -> None:
+        """Wheelhouse, base image and the variants' images (once per run)."""
+        if self._prepared:
+            return
+        t0 = time.monotonic()
+        build_wheelhouse()
+        self.base_image = choose_base_image(self.engine, self.requested_base)
+        check_base_python(self.engine, self.base_image)
+        console.print(f"docker: building images on {self.base_image} (engine "
+                      f"{self.engine.server_version}, {self.engine.storage_driver})")
+        build_images(Compose(self.engine, self.project, proxy=False), self.base_env(),
+                     [cell.variant.name for cell in self.cells])
+        console.print(f"docker: images ready in {time.monotonic() - t0:.0f} s")
+        self._prepared = True
+
+    def _resolve_latency(self) -> tuple[str, str]:
+        requested = self.config.latency_backend
+        if requested == "none":
+            return "none", "no latency injected (--latency-backend none)"
+        if requested == "proxy":
+            return "proxy", "requested (--latency-backend proxy): proxy sidecar container"
+        if requested not in ("auto", "netem"):
+            raise RunError(f"unknown latency backend {requested!r}")
+        self.prepare()
+        problem = netem_problem(self.engine)
+        if requested == "netem":
+            if problem:
+                raise RunError(f"netem cannot run in containers here: {problem}; use "
+                               "--latency-backend proxy (or auto)")
+            return "netem", "requested (--latency-backend netem): tc in the server container"
+        if problem:
+            return "proxy", f"netem unavailable: {problem}; proxy sidecar container"
+        return "netem", "auto: netem works in containers here (tc in the server container)"
+
+    def run(self) -> int:
+        self.prepare()
+        self.compose.down(self.base_env())  # leftovers of a killed run
+        try:
+            return super().run()
+        finally:
+            self.compose.down(self.base_env())
+
+    def run_metadata(self, status: str, started: str, ended: str | None) -> dict[str, Any]:
+        data = super().run_metadata(status, started, ended)
+        data["mode"] = "docker"
+        data["postgres_version"] = self.postgres_version
+        data["docker"] = {
+            "engine": self.engine.server_version,
+            "storage_driver": self.engine.storage_driver,
+            "compose": [*self.engine.compose[-1:], self.engine.compose_version],
+            "base_image": self.base_image or None,
+            "images": self._image_ids(),
+            "project": self.project,
+        }
+        data["caveats"] = [*data["caveats"],
+                           "Docker mode: server, PostgreSQL and Locust in containers on one "
+                           "host, talking over a Docker bridge network"]
+        return data
+
+    def _image_ids(self) -> dict[str, str]:
+        ids = {}
+        for tag in [BASE_TAG, *dict.fromkeys(image_tag(c.variant.name) for c in self.cells)]:
+            found = self.engine.run(["image", "inspect", "--format", "{{.Id}}", tag], 30,
+                                    check=False)
+            if found.returncode == 0:
+                ids[tag] = found.stdout.strip()
+        return ids
+
+    # -- one cell ------------------------------------------------------------------------
+
+    def cell_env(self, cell: Cell, cell_dir: Path) -> dict[str, str]:
+        server_env = cell_dir.parent.parent / ".docker" / "server.env"
+        server_env.parent.mkdir(parents=True, exist_ok=True)
+        app = cell.variant.app_env()
+        server_env.write_text("".join(f"{k}={app[k]}\n" for k in ("DB_POOL", "DB_CONN_MAX_AGE")))
+        front = ("latency", PROXY_PORT) if self.backend == "proxy" else ("server", SERVER_PORT)
+        return {
+            **self.base_env(),
+            "BENCH_VARIANT": cell.variant.name,
+            "BENCH_PG_MAX_CONNECTIONS": str(cell.variant.max_connections),
+            "BENCH_ROWS": str(self.template_rows),
+            "BENCH_DB_NAME": DB_NAME,
+            "BENCH_CPU_LOOP": str(self.config.cpu_loop),
+            "BENCH_SERVER_ENV_FILE": str(server_env.resolve()),
+            "BENCH_SERVER_CPUS": ",".join(map(str, self.place["server_cpus"])),
+            "BENCH_OTHER_CPUS": ",".join(map(str, self.place["other_cpus"])),
+            "BENCH_LATENCY_MS": str(cell.latency_ms),
+            "BENCH_TARGET_URL": f"http://{front[0]}:{front[1]}",
+            "BENCH_ROUTE": cell.route,
+            "BENCH_PROFILE": self.profile.name,
+            "BENCH_LOAD_PROCESSES": str(self.config.load_processes),
+            "BENCH_CELL_DIR": str(cell_dir.resolve()),
+            "BENCH_UID": str(os.getuid()),
+            "BENCH_GID": str(os.getgid()),
+        }
+
+    def _measure(self, cell: Cell, cell_dir: Path, record: dict[str, Any]) -> float:
+        record["mode"] = "docker"
+        env = self.cell_env(cell, cell_dir)
+        engine = self.engine
+        with contextlib.ExitStack() as stack:
+            stack.callback(self.compose.down, env)
+            db = self.compose.up("db", env)
+            self._wait_db(db)
+            front = self.compose.up("latency", env) if self.backend == "proxy" else None
+            server = self.compose.up("server", env)
+            stack.callback(self._save_log, server, cell_dir / "server.log")
+            if self.backend == "netem" and cell.latency_ms > 0:
+                engine.run(["exec", server, *netem_command(cell.latency_ms)], 60)
+            host = container_ip(engine, front or server)
+            port = PROXY_PORT if front else SERVER_PORT
+            _wait_for("server container", lambda: _listening(host, port),
+                      lambda: bool(container_state(engine, server).get("Running")),
+                      SERVER_READY_TIMEOUT_S, lambda: _tail(container_logs(engine, server)))
+            # The proxy accepts before the server listens: wait for the server itself too.
+            _wait_for("server", lambda: "serving at" in container_logs(engine, server),
+                      lambda: bool(container_state(engine, server).get("Running")),
+                      SERVER_READY_TIMEOUT_S, lambda: _tail(container_logs(engine, server)))
+            verify_routes(f"http://{host}:{port}", self.config.cpu_loop, self.template_rows,
+                          timeout_s=max(60.0, self.profile.timeout_s))
+            server_pids = serve_children(int(container_state(engine, server)["Pid"]))
+            db_pid = int(container_state(engine, db)["Pid"])
+            load = self.compose.up("load", env)
+            load_pid = int(container_state(engine, load).get("Pid") or 0)
+            sampler = ResourceSampler(cell_dir / "resources.csv", lambda: server_pids,
+                                      lambda: [db_pid], lambda: [load_pid] if load_pid else [],
+                                      db_user=DB_USER)
+            t_load = time.monotonic()
+            sampler.start()
+            try:
+                load_state = self._wait_load_container(load, server)
+            finally:
+                sampler.stop()
+            load_s = time.monotonic() - t_load
+            server_state = container_state(engine, server)
+            if not server_state.get("Running"):
+                record["reason"] = (f"server exited with code {server_state.get('ExitCode')} "
+                                    f"during the load:\n{_tail(container_logs(engine, server), 8)}")
+            elif load_state.get("ExitCode"):
+                raise RuntimeError(f"load container exited with code {load_state['ExitCode']}: "
+                                   f"{_tail(container_logs(engine, load), 8)}")
+            record["metrics"] = cell_metrics(cell_dir, self.profile)
+            return load_s
+
+    def _wait_db(self, db: str) -> None:
+        def logs() -> str:
+            return container_logs(self.engine, db)
+
+        def ready() -> bool:
+            text = logs()
+            if "database ready" not in text:
+                return False
+            version = text.split("(PostgreSQL ", 1)[-1].split(",", 1)[0]
+            self.postgres_version = version or self.postgres_version
+            return True
+
+        _wait_for("db container", ready,
+                  lambda: bool(container_state(self.engine, db).get("Running")),
+                  DB_READY_TIMEOUT_S, lambda: _tail(logs()))
+
+    def _wait_load_container(self, load: str, server: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.profile.duration_s + self.profile.timeout_s + 60
+        while time.monotonic() < deadline:
+            state = container_state(self.engine, load)
+            if not state.get("Running"):
+                return state
+            if not container_state(self.engine, server).get("Running"):
+                break
+            time.sleep(0.5)
+        self.engine.run(["stop", "-t", "15", load], 60, check=False)
+        state = container_state(self.engine, load)
+        if time.monotonic() >= deadline:
+            raise RuntimeError("Locust did not finish in time")
+        return state
+
+    def _save_log(self, cid: str, path: Path) -> None:
+        with contextlib.suppress(DockerError, OSError):
+            path.write_text(container_logs(self.engine, cid))
+

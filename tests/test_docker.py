@@ -1,0 +1,118 @@
+"""Docker mode: images built from the host's wheelhouse, one smoke cell per interface
+(WSGI: sync_gunicorn, ASGI: async_unlimited) through docker/compose.yaml.
+
+Where no Docker engine (or no base image) can be had, the integration test skips with the
+reason; .ci/run sets one up as root (docker/ci-engine.sh).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import docker
+from bench.latency.netem import NETEM_LIMIT
+from bench.variants import discover
+
+CI_LOG = Path(os.environ.get("BENCH_CI_ENGINE_LOG", "/tmp/asynchronize-django-ci-engine.log"))
+
+
+def _ci_note() -> str:
+    try:
+        lines = CI_LOG.read_text().strip().splitlines()
+    except OSError:
+        return ""
+    skips = [line for line in lines if "SKIP:" in line]
+    return f" [{skips[-1]}]" if skips else ""
+
+
+def test_netem_command_delays_the_server_containers_egress_without_drops() -> None:
+    assert docker.netem_command(100) == ["tc", "qdisc", "add", "dev", "eth0", "root", "netem",
+                                         "delay", "100ms", "limit", str(NETEM_LIMIT)]
+
+
+def test_wheelhouse_covers_the_project_and_every_variant() -> None:
+    reqs = docker.wheelhouse_requirements()
+    for variant in discover().values():
+        for req in variant.requires:
+            assert req in reqs
+    assert any(r.startswith("django") for r in reqs)
+    assert any(r.startswith("setuptools") for r in reqs)
+
+
+def test_every_variant_dockerfile_starts_through_the_serve_entry_point() -> None:
+    for variant in discover().values():
+        text = (variant.folder / "Dockerfile").read_text()
+        assert "FROM ${BASE_IMAGE}" in text
+        entry = json.loads(text.split("ENTRYPOINT", 1)[1].strip().splitlines()[0])
+        assert entry == ["python", "-m", "bench", "serve", variant.name, "--external-db",
+                         "--host", "0.0.0.0", "--port", "8000"]
+
+
+def test_docker_mode_without_an_engine_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # no docker command anywhere
+    result = subprocess.run([sys.executable, "-m", "bench", "run", "--docker", "--profile",
+                             "smoke", "--latencies", "0", "--out", str(tmp_path / "r")],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: no docker command: install Docker (Debian: apt-get install docker.io)"]
+
+
+@pytest.fixture(scope="module")
+def engine() -> docker.Engine:
+    try:
+        found = docker.find_engine()
+    except docker.DockerError as exc:
+        pytest.skip(f"Docker mode cannot run here: {exc}{_ci_note()}")
+    base = docker.choose_base_image(found, None)
+    if found.run(["image", "inspect", base], 30, check=False).returncode != 0:
+        pytest.skip(f"no base image here ({docker.DEFAULT_BASE} or {docker.OFFLINE_BASE}; "
+                    f"build one with docker/offline-base){_ci_note()}")
+    return found
+
+
+@pytest.mark.integration
+def test_one_smoke_cell_per_interface_runs_in_containers(engine: docker.Engine,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "BENCH_COMPOSE_PROJECT": "asyncdj-test"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--docker", "--variants",
+         "sync_gunicorn,async_unlimited", "--routes", "io_read", "--latencies", "20",
+         "--profile", "smoke", "--rows", "2000", "--cpu-loop", "1000", "--out", str(out),
+         "--no-report"],
+        capture_output=True, text=True, env=env, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["mode"] == "docker" and run["status"] == "complete"
+    assert run["latency_backend"] in {"netem", "proxy"}
+    assert run["latency_backend_reason"]
+    assert run["postgres_version"].startswith("16")
+    assert set(run["docker"]["images"]) >= {docker.BASE_TAG,
+                                            docker.image_tag("sync_gunicorn"),
+                                            docker.image_tag("async_unlimited")}
+    for cell_id in run["cells"]:
+        folder = out / "cells" / cell_id
+        cell = json.loads((folder / "cell.json").read_text())
+        assert cell["status"] == "ok", cell["reason"]
+        assert cell["mode"] == "docker"
+        assert cell["metrics"]["steady_srps"] > 0
+        assert cell["metrics"]["peak_server_rss_mib"] > 0
+        assert cell["metrics"]["peak_db_connections"] is not None
+        for name in ("stats_history.csv", "stats.csv", "responses.csv", "resources.csv",
+                     "server.log"):
+            assert (folder / name).is_file(), name
+    with (out / "summary.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["variant"] for r in rows) == ["async_unlimited", "sync_gunicorn"]
+    leftover = engine.run(["ps", "-q", "--filter", "label=com.docker.compose.project="
+                           "asyncdj-test"], 30).stdout.strip()
+    assert leftover == "", "containers left running"
