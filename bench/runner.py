@@ -34,6 +34,10 @@ from bench.variants import Variant, discover, select
 from bench.verify import ROUTES, VerificationError, verify_routes
 
 console = Console(stderr=True, highlight=False)
+# After the load the server's queued work is worthless: a server busy with queued cpu/
+# requests (or hundreds of slow ones at 200 ms) would take its whole graceful timeout.
+# SIGTERM, this long to exit, then SIGKILL to its process group.
+SERVER_STOP_GRACE_S = 1.0
 
 
 class RunError(Exception):
@@ -348,7 +352,7 @@ class Runner:
                 session.server_bind_host, port)
             server = ServerProcess(command, env, cell_dir / "server.log",
                                    cpu_affinity=self.place["server_cpus"])
-            stack.callback(server.stop)
+            stack.callback(server.stop, SERVER_STOP_GRACE_S)
             phases.mark("latency")
             server.start()
             server.wait_listening(session.server_bind_host, port)

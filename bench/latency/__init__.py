@@ -4,7 +4,18 @@ Backends side by side behind one interface (base.LatencySession): netem.py (fait
 root + sch_netem), proxy.py (anywhere), none.py; auto.py picks one.
 """
 
-from bench.latency.auto import BACKENDS, open_latency, resolve_backend
+from typing import Any
+
 from bench.latency.base import LatencyError, LatencySession
 
 __all__ = ["BACKENDS", "LatencyError", "LatencySession", "open_latency", "resolve_backend"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so `python -m bench.latency.proxy` does not import the proxy
+    # module twice (once through auto.py, once as __main__).
+    if name in ("BACKENDS", "open_latency", "resolve_backend"):
+        from bench.latency import auto
+
+        return getattr(auto, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,7 +30,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from typing import IO
 
 from bench.latency.base import LatencyError, LatencySession
 
@@ -90,7 +92,8 @@ class DelayedWriter:
         alive = transport is not None and not transport.is_closing()
         if data is _CLOSE:
             if alive and transport is not None and transport.can_write_eof():
-                transport.write_eof()
+                with contextlib.suppress(OSError):  # the peer is already gone
+                    transport.write_eof()
             self.on_close()
         elif alive and transport is not None:
             transport.write(data)
@@ -261,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     loop = asyncio.new_event_loop()
     main_task = loop.create_task(serve(args.listen, args.upstream, args.delay_ms,
                                        args.delay_direction, ready))
+    # The proxy holds nothing worth a graceful close: on SIGTERM it exits at once, and the
+    # kernel closes every socket (a graceful close of hundreds of half-open connections
+    # took seconds and stretched each cell's teardown).
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main_task.cancel)
+        loop.add_signal_handler(sig, os._exit, 0)
     try:
         loop.run_until_complete(main_task)
     except asyncio.CancelledError:
@@ -294,6 +300,7 @@ class ProxyProcess:
         self.listen_host = listen_host
         self.cpus = cpus
         self.proc: subprocess.Popen[str] | None = None
+        self.errors: IO[bytes] | None = None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "bench.latency.proxy",
@@ -309,14 +316,17 @@ class ProxyProcess:
             if cpus:
                 os.sched_setaffinity(0, cpus)
 
+        # stderr to a file, never a pipe nobody reads: asyncio's warnings about reset
+        # connections would fill a pipe and block the proxy mid-run.
+        self.errors = tempfile.TemporaryFile()  # closed in stop()
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     stderr=self.errors, stdin=subprocess.DEVNULL,
                                      text=True, start_new_session=True,
                                      preexec_fn=_child_setup)
         line = _read_line(self.proc, READY_TIMEOUT_S)
         if not line.startswith("listening "):
-            err = self.proc.stderr.read() if self.proc.stderr and self.proc.poll() is not None \
-                else ""
+            self.errors.seek(0)
+            err = self.errors.read().decode(errors="replace")
             self.stop()
             raise LatencyError(f"latency proxy did not start: {(line or err).strip()[:300]}")
         host, _, port = line.split()[1].rpartition(":")
@@ -337,9 +347,11 @@ class ProxyProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+        if proc.stdout:
+            proc.stdout.close()
+        if self.errors is not None:
+            self.errors.close()
+            self.errors = None
 
 
 def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
