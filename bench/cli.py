@@ -330,8 +330,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    import time
-
     from bench.postgres import PostgresCluster, PostgresError
 
     password = os.environ.get("DB_PASSWORD")
@@ -350,8 +348,7 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(f"database ready: {args.database} on {args.host}:{args.port} (PostgreSQL "
               f"{cluster.version}, max_connections {args.max_connections})", flush=True)
         try:
-            while cluster.running:
-                time.sleep(1)
+            cluster.wait()
         except KeyboardInterrupt:
             return 0
         print(f"PostgreSQL exited: {cluster.log_tail()}", file=sys.stderr)

@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,14 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.latency.netem import NETEM_LIMIT
+from bench.latency.netem import netem_qdisc_command
 from bench.metrics import cell_metrics
 from bench.paths import repo_root
-from bench.postgres import DB_USER, cache_root
+from bench.postgres import DB_USER, cache_root, stored_secret
 from bench.resources import ResourceSampler
 from bench.results import read_json
 from bench.runner import Cell, RunConfig, RunError, Runner, console
-from bench.server import ServerError, process_tree
+from bench.server import ServerError, is_listening, process_tree
 from bench.variants import all_requirements, discover
 from bench.verify import verify_routes
 
@@ -243,8 +241,8 @@ def netem_problem(engine: Engine, image: str = BASE_TAG) -> str | None:
 
 
 def netem_command(latency_ms: int, dev: str = "eth0") -> list[str]:
-    return ["tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", f"{latency_ms}ms",
-            "limit", str(NETEM_LIMIT)]
+    """The qdisc inside the server container (its own network namespace)."""
+    return netem_qdisc_command(None, dev, latency_ms)
 
 
 # -- containers --------------------------------------------------------------------------
@@ -285,12 +283,7 @@ def db_password() -> str:
     containers through the environment (never written into an image or a file in git)."""
     folder = cache_root()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "docker-db-password"
-    if not path.is_file():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(24))
-    return path.read_text().strip()
+    return stored_secret(folder / "docker-db-password")
 
 
 def _wait_for(what: str, ready: Any, alive: Any, timeout_s: float, why_dead: Any) -> None:
@@ -302,14 +295,6 @@ def _wait_for(what: str, ready: Any, alive: Any, timeout_s: float, why_dead: Any
             raise ServerError(f"{what} exited before it was ready:\n{why_dead()}")
         time.sleep(0.5)
     raise ServerError(f"{what} not ready after {timeout_s:.0f} s:\n{why_dead()}")
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _tail(text: str, lines: int = 12) -> str:
@@ -462,7 +447,7 @@ class DockerRunner(Runner):
                 engine.run(["exec", server, *netem_command(cell.latency_ms)], 60)
             host = container_ip(engine, front or server)
             port = PROXY_PORT if front else SERVER_PORT
-            _wait_for("server container", lambda: _listening(host, port),
+            _wait_for("server container", lambda: is_listening(host, port, 1.0),
                       lambda: bool(container_state(engine, server).get("Running")),
                       SERVER_READY_TIMEOUT_S, lambda: _tail(container_logs(engine, server)))
             # The proxy accepts before the server listens: wait for the server itself too.

@@ -230,11 +230,7 @@ class PostgresCluster:
 
     @property
     def password(self) -> str:
-        if not self.password_file.is_file():
-            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(24))
-        return self.password_file.read_text().strip()
+        return stored_secret(self.password_file)
 
     def _initdb(self) -> None:
         assert self.data_dir is not None
@@ -329,6 +325,11 @@ class PostgresCluster:
         self.stop()
         raise PostgresError(f"PostgreSQL did not accept connections in {START_TIMEOUT_S:.0f} s: "
                             f"{last}")
+
+    def wait(self) -> None:
+        """Block until the postmaster exits (returns at once when it is not running)."""
+        if self._proc is not None:
+            self._proc.wait()
 
     def log_tail(self, lines: int = 5) -> str:
         if self.data_dir is None:
@@ -481,6 +482,15 @@ class PostgresCluster:
             row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
                                "'client backend' AND pid <> pg_backend_pid()").fetchone()
         return int(row[0]) if row else 0
+
+
+def stored_secret(path: Path) -> str:
+    """A random secret kept in `path` (created 0600 on first use, then reused)."""
+    if not path.is_file():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 def new_database_name(prefix: str) -> str:

@@ -119,11 +119,9 @@ class ServerProcess:
             if code is not None:
                 raise ServerError(f"server exited with code {code} before listening:\n"
                                   f"{self.log_tail()}")
-            try:
-                with socket.create_connection((host, port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)  # poll interval of the readiness check
+            if is_listening(host, port):
+                return
+            time.sleep(0.05)  # poll interval of the readiness check
         raise ServerError(f"server not listening on {host}:{port} after {timeout_s:.0f} s:\n"
                           f"{self.log_tail()}")
 
@@ -157,6 +155,15 @@ class ServerProcess:
             self._log.close()
             self._log = None
         self._proc = None
+
+
+def is_listening(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """True when a TCP connect to host:port succeeds now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def free_port(host: str) -> int:

@@ -33,8 +33,10 @@ def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]
     return result
 
 
-def netem_qdisc_command(netns: str, dev: str, latency_ms: int) -> list[str]:
-    return ["tc", "-n", netns, "qdisc", "add", "dev", dev, "root", "netem",
+def netem_qdisc_command(netns: str | None, dev: str, latency_ms: int) -> list[str]:
+    """`tc qdisc add ... netem delay L` on `dev`, in namespace `netns` (None: the current)."""
+    where = ["-n", netns] if netns else []
+    return ["tc", *where, "qdisc", "add", "dev", dev, "root", "netem",
             "delay", f"{latency_ms}ms", "limit", str(NETEM_LIMIT)]
 
 
