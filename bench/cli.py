@@ -330,13 +330,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from bench.postgres import PostgresCluster, PostgresError
+    from bench.postgres import PostgresCluster, PostgresError, cache_root
 
     password = os.environ.get("DB_PASSWORD")
     if not password:
         raise PostgresError("db needs DB_PASSWORD in the environment (the clients' password)")
     with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
-        cluster = PostgresCluster(pg_bin=args.pg_bin)
+        # A cache of its own: set_password() changes the cache's password file, which the
+        # clusters of `bench run` on the same host share.
+        cluster = PostgresCluster(cache_dir=cache_root() / "db-mode", pg_bin=args.pg_bin)
         stack.callback(cluster.close)
         cluster.start(max_connections=args.max_connections, listen_host=args.host,
                       port=args.port)
