@@ -250,8 +250,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from bench.net import free_port
     from bench.postgres import PostgresCluster
-    from bench.server import ServerError, ServerProcess, app_environment, free_port
+    from bench.server import ServerError, ServerProcess, app_environment
     from bench.variants import VariantError, discover, select
 
     variant = select(discover(), [args.variant])[0]

@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tomllib
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.paths import load_dir
+from bench.processes import stop_process
 from bench.results import write_csv_atomic
 
 USER_CLASSES = {"cpu": "CpuUser", "io_read": "IoReadUser", "io_create": "IoCreateUser"}
@@ -168,19 +168,8 @@ class LocustRun:
 
     def stop(self) -> None:
         """Stop Locust (and its workers) now; keeps what it wrote."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # workers left behind by a killed master
+        if self._proc is not None:
+            stop_process(self._proc, 8)
         self._finish()
 
     def log_tail(self, lines: int = 8) -> str:

@@ -20,7 +20,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,9 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
+from bench.net import free_port
 from bench.paths import repo_root
+from bench.processes import stop_process
 
 PG_OS_USER = "benchpg"
 DB_USER = "bench"
@@ -100,12 +101,6 @@ def _migrations_digest() -> str:
     for path in sorted((repo_root() / "shared_app" / "posts" / "migrations").glob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def post_rows_copy_text(start: int, count: int) -> bytes:
@@ -280,7 +275,7 @@ class PostgresCluster:
         assert self.data_dir is not None
         self._stop_stale()
         self.host = listen_host.split(",")[0].strip()
-        self.port = port or _free_port(self.host)
+        self.port = port or free_port(self.host)
         log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
         args = [str(self.bin / "postgres"), "-D", str(self.data_dir),
                 "-c", f"max_connections={max_connections}",
@@ -342,15 +337,10 @@ class PostgresCluster:
     def stop(self) -> None:
         """Fast shutdown; waits until the postmaster is gone (kills it after 20 s)."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        if proc is not None:
+            # SIGINT to the postmaster alone: it is PostgreSQL's fast shutdown, and the
+            # postmaster stops its backends itself.
+            stop_process(proc, 20, sig=signal.SIGINT, signal_group=False)
 
     def close(self) -> None:
         """Stop and release the slot."""

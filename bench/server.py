@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +11,8 @@ from typing import IO
 
 import psutil
 
+from bench.net import is_listening
+from bench.processes import process_tree, stop_process
 from bench.variants import Variant
 
 
@@ -38,14 +38,6 @@ def app_environment(
         "PYTHONUNBUFFERED": "1",
     })
     return env
-
-
-def process_tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
 
 
 def pin(pids: list[int], cpus: list[int] | None) -> None:
@@ -127,47 +119,10 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM to the process group, SIGKILL whatever is left after timeout_s."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return
-        tree = process_tree(proc.pid)
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
-        _, alive = psutil.wait_procs(tree, timeout=max(0.1, timeout_s / 4))
-        for leftover in alive:
-            try:
-                leftover.kill()
-            except psutil.NoSuchProcess:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
+        stop_process(self._proc, timeout_s)
         if self._log:
             self._log.close()
             self._log = None
         self._proc = None
-
-
-def is_listening(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    """True when a TCP connect to host:port succeeds now."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def free_port(host: str) -> int:
-    """A port free on `host` now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from bench.server import ServerProcess, app_environment, free_port
+from bench.net import free_port
+from bench.server import ServerProcess, app_environment
 from bench.variants import Variant, discover
 from bench.verify import expected_ct, verify_routes
 

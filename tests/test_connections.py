@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from bench.net import free_port
 from bench.postgres import PostgresCluster
-from bench.server import ServerProcess, app_environment, free_port
+from bench.server import ServerProcess, app_environment
 from bench.variants import PoolSettings, Variant, discover
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.net import free_port
 from bench.postgres import PostgresCluster
-from bench.server import ServerProcess, app_environment, free_port
+from bench.server import ServerProcess, app_environment
 from bench.variants import discover
 
 pytestmark = pytest.mark.integration

@@ -123,7 +123,7 @@ def test_failures_are_named_by_kind(tiny_server: str, tmp_path: Path) -> None:
 
 
 def test_refused_connection_is_its_own_kind(tmp_path: Path) -> None:
-    from bench.server import free_port
+    from bench.net import free_port
 
     run = LocustRun(f"http://127.0.0.1:{free_port('127.0.0.1')}", "cpu",
                     Profile("t", 2, 2, 2, 0.5, 2), tmp_path)

@@ -7,8 +7,9 @@ the load generator dial so that the server's outgoing bytes are delayed.
 
 from __future__ import annotations
 
-import socket
 from abc import ABC, abstractmethod
+
+from bench.net import free_port
 
 
 class LatencyError(Exception):
@@ -33,9 +34,7 @@ class LatencySession(ABC):
 
     def server_port(self) -> int:
         """A port the server can bind to on server_bind_host."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((self.server_bind_host, 0))
-            return int(sock.getsockname()[1])
+        return free_port(self.server_bind_host)
 
     @abstractmethod
     def db_endpoint(self, pg_host: str, pg_port: int) -> tuple[str, int]:
