@@ -9,18 +9,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
+from bench.signals import signals_interrupt
 from bench.verify import ROUTES
-
-USER_ERRORS: tuple[type[Exception], ...] = ()
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -85,11 +82,12 @@ def _profile(text: str) -> str:
 
 
 def _backend(text: str) -> str:
-    valid = ("auto", "netem", "proxy", "none")
-    if text not in valid:
-        raise argparse.ArgumentTypeError(f"unknown latency backend {text!r}; valid: "
-                                         f"{', '.join(valid)}")
-    return text
+    from bench.latency.base import LatencyError, check_backend_name
+
+    try:
+        return check_backend_name(text)
+    except LatencyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _results_folder(text: str) -> Path:
@@ -100,12 +98,12 @@ def _results_folder(text: str) -> Path:
 
 
 def _pg_bin(text: str) -> Path:
-    path = Path(text)
-    if not (path / "postgres").exists() or not (path / "initdb").exists():
-        raise argparse.ArgumentTypeError(
-            f"{text} holds no PostgreSQL binaries (postgres, initdb); on Debian try "
-            "/usr/lib/postgresql/15/bin, or omit --pg-bin to use the pgserver wheel's")
-    return path
+    from bench.postgres import PostgresError, check_pg_bin
+
+    try:
+        return check_pg_bin(Path(text))
+    except PostgresError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_pg(parser: argparse.ArgumentParser) -> None:
@@ -237,18 +235,6 @@ def cmd_requirements(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def _raise(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from bench.net import free_port
     from bench.postgres import PostgresCluster
@@ -264,7 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ServerError(f"cannot bind {args.host}:{args.port} ({exc.strerror}); omit "
                               "--port to use a free one") from None
     port = args.port or free_port(args.host)
-    with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
+    with contextlib.ExitStack() as stack, signals_interrupt():
         if args.external_db:
             missing = [k for k in ("DB_HOST", "DB_NAME", "DB_PASSWORD") if not os.environ.get(k)]
             if missing:
@@ -336,7 +322,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     password = os.environ.get("DB_PASSWORD")
     if not password:
         raise PostgresError("db needs DB_PASSWORD in the environment (the clients' password)")
-    with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
+    with contextlib.ExitStack() as stack, signals_interrupt():
         # A cache of its own: set_password() changes the cache's password file, which the
         # clusters of `bench run` on the same host share.
         cluster = PostgresCluster(cache_dir=cache_root() / "db-mode", pg_bin=args.pg_bin)
@@ -364,7 +350,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     locust = LocustRun(args.url.rstrip("/"), args.route, load_profile(args.profile), args.out,
                        processes=args.processes)
-    with _sigterm_as_interrupt():
+    with signals_interrupt():
         try:
             locust.start()
             return locust.wait()

@@ -62,12 +62,14 @@ def default_pg_bin() -> Path:
     return Path(spec.origin).parent / "pginstall" / "bin"
 
 
-def _check_bin(pg_bin: Path) -> None:
+def check_pg_bin(pg_bin: Path) -> Path:
+    """`pg_bin` if it holds PostgreSQL's binaries, else a PostgresError saying where to look."""
     missing = [b for b in ("initdb", "postgres") if not (pg_bin / b).is_file()]
     if missing:
         raise PostgresError(f"{pg_bin} holds no PostgreSQL binaries ({', '.join(missing)} "
                             "missing); on Debian try /usr/lib/postgresql/15/bin, or pip install "
                             "pgserver and omit --pg-bin")
+    return pg_bin
 
 
 def _readable_by_all(path: Path) -> bool:
@@ -127,7 +129,7 @@ class PostgresCluster:
     def __init__(self, cache_dir: Path | None = None, pg_bin: Path | None = None) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.source_bin = Path(pg_bin) if pg_bin else default_pg_bin()
-        _check_bin(self.source_bin)
+        check_pg_bin(self.source_bin)
         self.as_root = os.geteuid() == 0
         self.user = DB_USER
         self.host = "127.0.0.1"

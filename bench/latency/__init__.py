@@ -6,7 +6,7 @@ root + sch_netem), proxy.py (anywhere), none.py; auto.py picks one.
 
 from typing import Any
 
-from bench.latency.base import LatencyError, LatencySession
+from bench.latency.base import BACKENDS, LatencyError, LatencySession
 
 __all__ = ["BACKENDS", "LatencyError", "LatencySession", "open_latency", "resolve_backend"]
 
@@ -14,7 +14,7 @@ __all__ = ["BACKENDS", "LatencyError", "LatencySession", "open_latency", "resolv
 def __getattr__(name: str) -> Any:
     # Imported on first use, so `python -m bench.latency.proxy` does not import the proxy
     # module twice (once through auto.py, once as __main__).
-    if name in ("BACKENDS", "open_latency", "resolve_backend"):
+    if name in ("open_latency", "resolve_backend"):
         from bench.latency import auto
 
         return getattr(auto, name)

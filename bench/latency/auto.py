@@ -5,11 +5,9 @@ from __future__ import annotations
 import functools
 
 from bench.latency import netem
-from bench.latency.base import LatencyError, LatencySession
+from bench.latency.base import LatencyError, LatencySession, check_backend_name
 from bench.latency.none import NoLatency
 from bench.latency.proxy import ProxySession
-
-BACKENDS = ("auto", "netem", "proxy", "none")
 
 
 @functools.cache
@@ -20,8 +18,7 @@ def netem_problem() -> str | None:
 
 def resolve_backend(requested: str) -> tuple[str, str]:
     """(backend that will run, why) for --latency-backend; LatencyError if impossible."""
-    if requested not in BACKENDS:
-        raise LatencyError(f"unknown latency backend {requested!r}; valid: {', '.join(BACKENDS)}")
+    check_backend_name(requested)
     if requested == "none":
         return "none", "no latency injected (--latency-backend none)"
     if requested == "proxy":

@@ -16,6 +16,17 @@ class LatencyError(Exception):
     """A latency backend that cannot be used here; one line for the user."""
 
 
+#: What --latency-backend accepts; `auto` resolves to one of the others.
+BACKENDS = ("auto", "netem", "proxy", "none")
+
+
+def check_backend_name(name: str) -> str:
+    """`name` if it is one of BACKENDS, else a LatencyError listing them."""
+    if name not in BACKENDS:
+        raise LatencyError(f"unknown latency backend {name!r}; valid: {', '.join(BACKENDS)}")
+    return name
+
+
 class LatencySession(ABC):
     """Latency for one cell. Use as a context manager; close() undoes everything."""
 
