@@ -6,29 +6,54 @@ written last, so a cell folder without it is unfinished.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 FORMAT = 1
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+# Results are for sharing (another user, a web server serving report.html): readable by
+# all whatever the umask. mkstemp alone would leave every file 0600.
+FILE_MODE = 0o644
+FOLDER_MODE = 0o755
+
+
+def ensure_folder(folder: Path) -> None:
+    """Create `folder` and its missing parents, each FOLDER_MODE; existing ones are kept."""
+    for missing in reversed([p for p in (folder, *folder.parents) if not p.exists()]):
+        try:
+            missing.mkdir()
+        except FileExistsError:
+            continue  # another process made it first: its mode is its own
+        missing.chmod(FOLDER_MODE)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[TextIO]:
+    """A text file that appears at `path` complete, FILE_MODE, or not at all."""
+    ensure_folder(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+            yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with _atomic_file(path) as handle:
+        handle.write(text)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -36,19 +61,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_file(path) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def read_json(path: Path) -> Any:
