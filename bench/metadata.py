@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import sys
 from importlib import metadata
 
 import psutil
@@ -62,7 +61,3 @@ def git_state() -> tuple[str | None, bool]:
     except (OSError, subprocess.SubprocessError):
         return None, False
     return commit, bool(status.strip())
-
-
-def python_executable() -> str:
-    return sys.executable

@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import IO, Any
 
@@ -468,13 +467,6 @@ class PostgresCluster:
             with self.connect() as conn:
                 conn.execute("SELECT pg_reload_conf()")
 
-    def connection_count(self) -> int:
-        """Client backends connected, other than this query's own."""
-        with self.connect() as conn:
-            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
-                               "'client backend' AND pid <> pg_backend_pid()").fetchone()
-        return int(row[0]) if row else 0
-
 
 def stored_secret(path: Path) -> str:
     """A random secret kept in `path` (created 0600 on first use, then reused)."""
@@ -483,7 +475,3 @@ def stored_secret(path: Path) -> str:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
-
-
-def new_database_name(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
