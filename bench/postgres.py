@@ -23,9 +23,11 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -292,19 +294,30 @@ class PostgresCluster:
         self._wait_ready()
 
     def _stop_stale(self) -> None:
-        """A postmaster left by a killed bench process holds our slot's data dir: stop it."""
+        """A postmaster left by a killed bench process holds our slot's data dir: stop it.
+
+        The pid in postmaster.pid is signalled only when it is a PostgreSQL server of this
+        data dir: after a reboot or a crash the pid may name any other process by now. A
+        file naming anything else is stale, and is removed (PostgreSQL refuses to start
+        while the pid it names is alive).
+        """
         assert self.data_dir is not None
         pid_file = self.data_dir / "postmaster.pid"
-        if not pid_file.is_file():
-            return
-        with contextlib.suppress(ValueError, OSError, IndexError):
+        try:
             pid = int(pid_file.read_text().splitlines()[0])
-            os.kill(pid, signal.SIGINT)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)
-                time.sleep(0.1)
-            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            return
+        stale = _postmaster_of(pid, self.data_dir)
+        if stale is None:
+            pid_file.unlink(missing_ok=True)
+            return
+        with contextlib.suppress(psutil.NoSuchProcess):
+            stale.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                stale.wait(timeout=15)
+            except psutil.TimeoutExpired:
+                stale.kill()
+                stale.wait(timeout=5)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -466,6 +479,26 @@ class PostgresCluster:
                 handle.write(line)
             with self.connect() as conn:
                 conn.execute("SELECT pg_reload_conf()")
+
+
+def _postmaster_of(pid: int, data_dir: Path) -> psutil.Process | None:
+    """The process `pid` if it is a PostgreSQL server whose data dir is `data_dir`."""
+    wanted = os.path.realpath(data_dir)
+    try:
+        proc = psutil.Process(pid)
+        if proc.name() != "postgres":
+            return None
+        args = proc.cmdline()
+        # Started by us as `postgres -D <data dir> ...`; its working directory is the data
+        # dir too (readable only by its owner and root).
+        if any(a == "-D" and os.path.realpath(b) == wanted for a, b in pairwise(args)):
+            return proc
+        with contextlib.suppress(psutil.AccessDenied):
+            if os.path.realpath(proc.cwd()) == wanted:
+                return proc
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    return None
 
 
 def stored_secret(path: Path) -> str:

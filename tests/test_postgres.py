@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -98,3 +99,37 @@ def test_other_binaries_with_pg_bin(pg_cache_dir: Path) -> None:
 def test_unreachable_cache_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PostgresError, match="cannot enter"):
         PostgresCluster(cache_dir=tmp_path / "cache").start()
+
+
+def test_a_stale_postmaster_pid_naming_another_process_spares_it(pg_cache_dir: Path) -> None:
+    """After a crash, postmaster.pid may name a pid that now belongs to anything."""
+    bystander = subprocess.Popen(["sleep", "60"])
+    cluster = PostgresCluster(cache_dir=pg_cache_dir)
+    try:
+        cluster.start(max_connections=10)
+        assert cluster.data_dir is not None
+        cluster.stop()
+        (cluster.data_dir / "postmaster.pid").write_text(f"{bystander.pid}\n")
+        cluster.start(max_connections=10)  # PostgreSQL refuses while the named pid lives
+        assert bystander.poll() is None
+        with cluster.connect() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        cluster.close()
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_postmaster_left_on_this_data_dir_is_stopped(pg_cache_dir: Path) -> None:
+    """What a killed bench process leaves: its postmaster still runs on the slot's data dir."""
+    cluster = PostgresCluster(cache_dir=pg_cache_dir)
+    try:
+        cluster.start(max_connections=10)
+        orphan = cluster._proc
+        assert orphan is not None
+        cluster._proc = None  # forgotten, as by a process that died without stopping it
+        cluster.start(max_connections=11)
+        assert orphan.wait(timeout=5) is not None
+        assert cluster.postmaster_pid != orphan.pid
+    finally:
+        cluster.close()
