@@ -98,7 +98,7 @@ def _results_folder(text: str) -> Path:
 
 
 def _pg_bin(text: str) -> Path:
-    from bench.postgres import PostgresError, check_pg_bin
+    from bench.pg_install import PostgresError, check_pg_bin
 
     try:
         return check_pg_bin(Path(text))

@@ -1,9 +1,7 @@
 """An embedded PostgreSQL cluster the harness owns: initdb once, start/stop, a template
 database with the study's 1,000,000 posts (COPY), and a fresh clone per cell.
 
-Binaries: the `pgserver` wheel's (PostgreSQL 16) unless `pg_bin` names a folder. As root,
-PostgreSQL refuses to run, so every PostgreSQL binary runs as the unprivileged user
-`benchpg` (created on first use) from a copy of the binaries it can read.
+Binaries and the OS user that runs them (as root: `benchpg`) come from `pg_install.py`.
 
 Clusters live in `<cache>/pg<major>-<slot>`; a process holds its slot with a file lock, so
 a test session and a `bench run` it starts each get their own cluster (and template).
@@ -14,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -31,19 +27,16 @@ import psutil
 import psycopg
 from psycopg import sql
 
+from bench import pg_install
 from bench.net import free_port
 from bench.paths import repo_root
+from bench.pg_install import PG_OS_USER, PostgresError
 from bench.processes import stop_process
 
-PG_OS_USER = "benchpg"
 DB_USER = "bench"
 TEMPLATE_PREFIX = "posts_template"
 MAX_SLOTS = 8
 START_TIMEOUT_S = 60.0
-
-
-class PostgresError(Exception):
-    """PostgreSQL could not be found, started or prepared; one line for the user."""
 
 
 def cache_root() -> Path:
@@ -52,50 +45,6 @@ def cache_root() -> Path:
     if os.geteuid() == 0:
         return Path("/var/cache/asynchronize-django")
     return Path.home() / ".cache" / "asynchronize-django"
-
-
-def default_pg_bin() -> Path:
-    # Located, not imported: importing pgserver pulls in platformdirs and warns.
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.origin:
-        raise PostgresError("no PostgreSQL binaries: pip install pgserver, or give --pg-bin DIR "
-                            "(e.g. /usr/lib/postgresql/15/bin)")
-    return Path(spec.origin).parent / "pginstall" / "bin"
-
-
-def check_pg_bin(pg_bin: Path) -> Path:
-    """`pg_bin` if it holds PostgreSQL's binaries, else a PostgresError saying where to look."""
-    missing = [b for b in ("initdb", "postgres") if not (pg_bin / b).is_file()]
-    if missing:
-        raise PostgresError(f"{pg_bin} holds no PostgreSQL binaries ({', '.join(missing)} "
-                            "missing); on Debian try /usr/lib/postgresql/15/bin, or pip install "
-                            "pgserver and omit --pg-bin")
-    return pg_bin
-
-
-def _readable_by_all(path: Path) -> bool:
-    """True when every folder up to `path` lets other users in (e.g. not under /root)."""
-    for part in [path, *path.parents]:
-        try:
-            if not part.stat().st_mode & 0o001:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _ensure_os_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(PG_OS_USER)
-    except KeyError:
-        pass
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    result = subprocess.run([useradd, "--system", "--no-create-home", "--shell",
-                             "/usr/sbin/nologin", PG_OS_USER], capture_output=True, text=True)
-    if result.returncode != 0 and "already exists" not in result.stderr:
-        raise PostgresError(f"cannot create the user {PG_OS_USER} to run PostgreSQL as "
-                            f"(PostgreSQL refuses root): {result.stderr.strip()}")
-    return pwd.getpwnam(PG_OS_USER)
 
 
 def _migrations_digest() -> str:
@@ -129,8 +78,8 @@ class PostgresCluster:
 
     def __init__(self, cache_dir: Path | None = None, pg_bin: Path | None = None) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
-        self.source_bin = Path(pg_bin) if pg_bin else default_pg_bin()
-        check_pg_bin(self.source_bin)
+        self.source_bin = pg_install.check_pg_bin(Path(pg_bin) if pg_bin
+                                                  else pg_install.default_pg_bin())
         self.as_root = os.geteuid() == 0
         self.user = DB_USER
         self.host = "127.0.0.1"
@@ -149,51 +98,20 @@ class PostgresCluster:
     @property
     def bin(self) -> Path:
         if self._bin is None:
-            self._bin = self._usable_bin()
+            self._bin = (pg_install.readable_copy(self.source_bin, self.cache_dir)
+                         if self.as_root else self.source_bin)
         return self._bin
 
-    def _usable_bin(self) -> Path:
-        """A bin folder the PostgreSQL user can execute (copying the install if needed)."""
-        if not self.as_root or _readable_by_all(self.source_bin):
-            return self.source_bin
-        # pgserver's binaries find their libraries at $ORIGIN/../../../pgserver.libs:
-        # copy <pkg>/pginstall and its sibling pgserver.libs with the same layout.
-        install = self.source_bin.parent
-        stamp = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:10]
-        target_root = self.cache_dir / f"pgbin-{stamp}"
-        target = target_root / install.parent.name / install.name
-        if not (target / "bin" / "postgres").is_file():
-            tmp = self.cache_dir / f".pgbin-{stamp}.{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(install, tmp / install.parent.name / install.name, symlinks=True)
-            libs = install.parent.parent / "pgserver.libs"
-            if libs.is_dir():
-                shutil.copytree(libs, tmp / libs.name, symlinks=True)
-            for root, dirs, files in os.walk(tmp):
-                for name in dirs + files:
-                    p = Path(root) / name
-                    if not p.is_symlink():
-                        mode = p.stat().st_mode
-                        p.chmod(mode | (0o005 if p.is_dir() or mode & 0o100 else 0o004))
-            tmp.chmod(0o755)
-            with contextlib.suppress(OSError):
-                tmp.rename(target_root)
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target / "bin"
+    def _as_pg_user(self) -> dict[str, Any]:
+        return pg_install.as_pg_user() if self.as_root else {}
 
     def _pg_run(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(args, capture_output=True, text=True, **self._as_pg_user(), **kwargs)
 
-    def _as_pg_user(self) -> dict[str, Any]:
-        if not self.as_root:
-            return {}
-        user = _ensure_os_user()
-        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-
     def _prepare_cache(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.chmod(0o755)
-        if self.as_root and not _readable_by_all(self.cache_dir):
+        if self.as_root and not pg_install.readable_by_all(self.cache_dir):
             raise PostgresError(f"{self.cache_dir} is inside a folder the user {PG_OS_USER} "
                                 "cannot enter; set BENCH_CACHE_DIR to a folder under one "
                                 "others can traverse (e.g. /var/cache or /tmp)")
@@ -242,7 +160,7 @@ class PostgresCluster:
             handle.write(self.password + "\n")
         try:
             if self.as_root:
-                user = _ensure_os_user()
+                user = pg_install.ensure_os_user()
                 os.chown(self.data_dir, user.pw_uid, user.pw_gid)
                 os.chown(pwfile, user.pw_uid, user.pw_gid)
             result = self._pg_run([str(self.bin / "initdb"), "-D", str(self.data_dir),
