@@ -4,7 +4,9 @@ netem would run; backend choice and its refusal where the kernel lacks sch_netem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -254,17 +256,82 @@ def test_auto_falls_back_to_the_proxy_and_says_why(monkeypatch) -> None:
     assert resolve_backend("auto")[0] == "netem"
 
 
+# What this kernel's tc prints when it parsed every option of the command and the kernel
+# then refused the qdisc kind: proof that tc accepts the command, short of running netem.
+NO_NETEM_KERNEL = "Error: Specified qdisc kind is unknown."
+
+needs_root_and_iproute2 = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("tc") or not shutil.which("ip"),
+    reason="needs root and iproute2 (ip, tc) to build a scratch network namespace")
+
+
+def run_command(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
+@contextlib.contextmanager
+def scratch_namespace() -> Iterator[str]:
+    netns = f"asyncdj-test{os.getpid()}"
+    made = run_command(["ip", "netns", "add", netns])
+    assert made.returncode == 0, made.stderr
+    try:
+        run_command(["ip", "-n", netns, "link", "set", "lo", "up"])
+        yield netns
+    finally:
+        run_command(["ip", "netns", "delete", netns])
+
+
+@needs_root_and_iproute2
+def test_the_netem_topology_commands_run_and_tc_parses_the_qdisc() -> None:
+    """Every command a netem session runs, run for real; the qdisc either goes on (and tc
+    shows the delay and limit asked for) or fails only on the kernel's missing sch_netem."""
+    topology = Topology(owner_pid=os.getpid(), index=90)
+    *links, qdisc = topology.setup_commands(150)
+    assert qdisc[0] == "tc"
+    try:
+        for cmd in links:
+            result = run_command(cmd)
+            assert result.returncode == 0, (cmd, result.stderr)
+        result = run_command(qdisc)
+        if result.returncode == 0:
+            shown = run_command(["tc", "-n", topology.netns, "qdisc", "show", "dev",
+                                 topology.ns_dev]).stdout
+            assert "netem" in shown and "delay 150ms" in shown, shown
+            assert f"limit {NETEM_LIMIT}" in shown, shown
+        else:
+            assert result.stderr.strip() == NO_NETEM_KERNEL, (qdisc, result.stderr)
+    finally:
+        for cmd in topology.teardown_commands():
+            run_command(cmd)
+    assert topology.netns not in run_command(["ip", "netns", "list"]).stdout
+
+
+@needs_root_and_iproute2
+def test_tc_rejects_a_mistyped_netem_option_before_the_kernel_is_asked() -> None:
+    """The control for the test above: on this machine a bad option fails in tc's own
+    parser, with another message, so NO_NETEM_KERNEL does prove the options parsed."""
+    with scratch_namespace() as netns:
+        command = netem_qdisc_command(netns, "lo", 150)
+        mistyped = ["dlay" if word == "delay" else word for word in command]
+        result = run_command(mistyped)
+    assert result.returncode != 0
+    assert result.stderr.strip() != NO_NETEM_KERNEL
+    assert 'What is "dlay"?' in result.stderr
+
+
+@needs_root_and_iproute2
 def test_the_probe_agrees_with_tc_on_this_machine() -> None:
-    """Where root and tc exist, the probe's answer is tc's own (here: no sch_netem)."""
-    if os.geteuid() != 0 or not shutil_which("tc"):
-        pytest.skip("needs root and tc (iproute2) to try a netem qdisc")
+    """The probe's answer is tc's own, on the command the harness builds."""
+    with scratch_namespace() as netns:
+        tc = run_command(netem_qdisc_command(netns, "lo", 150))
     problem = latency_auto.netem.probe()
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "asyncdj-probe" not in namespaces  # the probe cleans up after itself
-    if problem is None:
+    assert "asyncdj-probe" not in run_command(["ip", "netns", "list"]).stdout  # cleaned up
+    if tc.returncode == 0:
+        assert problem is None
         assert resolve_backend("auto")[0] == "netem"
     else:
-        assert "netem" in problem or "sch_netem" in problem
+        assert tc.stderr.strip() == NO_NETEM_KERNEL, tc.stderr
+        assert problem == f"kernel has no sch_netem (tc: {NO_NETEM_KERNEL})"
 
 
 def test_none_refuses_a_latency() -> None:
@@ -272,9 +339,3 @@ def test_none_refuses_a_latency() -> None:
         open_latency("none", 100)
     with open_latency("none", 0) as session:
         assert session.db_endpoint("127.0.0.1", 5) == ("127.0.0.1", 5)
-
-
-def shutil_which(name: str) -> str | None:
-    import shutil
-
-    return shutil.which(name)
