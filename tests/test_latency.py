@@ -238,7 +238,9 @@ def test_netem_session_wraps_the_server_and_points_at_the_veth(monkeypatch) -> N
     session = NetemSession(200)
     topo = session.topology
     assert session.command_prefix == ["ip", "netns", "exec", topo.netns]
-    assert session.server_bind_host == topo.ns_ip and session.pg_listen_host == topo.host_ip
+    assert session.server_bind_host == topo.ns_ip
+    # PostgreSQL on loopback (the harness's connections) and on the host's veth end.
+    assert session.pg_listen_host == f"127.0.0.1,{topo.host_ip}"
     assert session.db_endpoint("ignored", 5432) == (topo.host_ip, 5432)
     assert session.client_endpoint(8000) == (topo.ns_ip, 8000)
     assert ["tc", "-n", topo.netns, "qdisc", "add", "dev", topo.ns_dev, "root", "netem",

@@ -127,7 +127,9 @@ class NetemSession(LatencySession):
         super().__init__(latency_ms)
         remove_stale_namespaces()
         self.topology = Topology(os.getpid(), next(_counter))
-        self.pg_listen_host = self.topology.host_ip
+        # Loopback first: the harness's own connections (readiness, template, clones) go
+        # there, where initdb's pg_hba lets them in; the server dials the veth address.
+        self.pg_listen_host = f"127.0.0.1,{self.topology.host_ip}"
         self.server_bind_host = self.topology.ns_ip
         self.command_prefix = ["ip", "netns", "exec", self.topology.netns]
         self._up = True
