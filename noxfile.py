@@ -21,14 +21,28 @@ def install_bench(session: nox.Session, *extras: str) -> None:
         session.install(*requires.split())
 
 
-def install_chromium(session: nox.Session) -> None:
-    """The report test opens report.html in headless Chromium (Debian's package)."""
-    if shutil.which("chromium") or os.geteuid() != 0 or not shutil.which("apt-get"):
+def apt_install(session: nox.Session, *packages: str) -> None:
+    """Debian packages, as root where apt-get exists; best effort (tests skip without)."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env, success_codes=[0, 100])
-    session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=env,
+    session.run("apt-get", "install", "-y", "-qq", *packages, external=True, env=env,
                 success_codes=[0, 100])
+
+
+def install_chromium(session: nox.Session) -> None:
+    """The report test opens report.html in headless Chromium (Debian's package)."""
+    if not shutil.which("chromium"):
+        apt_install(session, "chromium")
+
+
+def install_uml(session: nox.Session) -> None:
+    """tests/test_uml_netem.py runs the netem backend inside User-Mode Linux (tests/uml.py):
+    the UML kernel with its sch_netem and veth modules, insmod, ip and tc, and a C compiler
+    for the AVX-512 shim (tests/uml_xstate_shim.c)."""
+    if not all(shutil.which(tool) for tool in ("linux.uml", "insmod", "tc", "cc")):
+        apt_install(session, "user-mode-linux", "kmod", "iproute2", "gcc")
 
 
 @nox.session
@@ -51,6 +65,7 @@ def tests(session: nox.Session) -> None:
     """The test suite: unit tests and small-scale integration tests on real components."""
     install_bench(session, "test")
     install_chromium(session)
+    install_uml(session)
     session.run("python", "-m", "pytest", *(session.posargs or ["-q"]))
 
 
