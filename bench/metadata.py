@@ -13,7 +13,7 @@ from bench.paths import repo_root
 
 PACKAGES = ("django", "asgiref", "gunicorn", "uvicorn", "uvicorn-worker", "hypercorn", "daphne",
             "twisted", "locust", "psycopg", "psycopg-binary", "psycopg-pool", "psutil", "numpy",
-            "scipy", "matplotlib", "jinja2", "pgserver")
+            "scipy", "matplotlib", "jinja2", "pgserver", "uvloop")
 
 
 def cpu_model() -> str:

@@ -19,8 +19,9 @@ import pytest
 
 from bench.latency import LatencyError, open_latency, resolve_backend
 from bench.latency import auto as latency_auto
+from bench.latency.delay_proxy import EVENT_LOOP, DelayedWriter, delays
 from bench.latency.netem import NETEM_LIMIT, NetemSession, Topology, netem_qdisc_command
-from bench.latency.proxy import DelayedWriter, ProxyProcess, ProxySession, delays
+from bench.latency.proxy import ProxyProcess, ProxySession
 
 
 class EchoServer:
@@ -99,6 +100,12 @@ def test_proxy_at_zero_adds_under_a_millisecond(echo: EchoServer) -> None:
     finally:
         proxy.stop()
     assert statistics.median(times) < 1.0, times
+
+
+def test_proxy_runs_on_uvloop_where_it_is_installed() -> None:
+    """uvloop is a dependency: the proxy falls back to asyncio only where it cannot import it."""
+    pytest.importorskip("uvloop")
+    assert EVENT_LOOP == "uvloop"
 
 
 def test_proxy_keeps_order_and_every_byte(echo: EchoServer) -> None:
@@ -188,8 +195,8 @@ def test_delays_by_direction() -> None:
 def test_proxy_cli_rejects_bad_arguments() -> None:
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "bench.latency.proxy", "--listen", "nohost",
-                             "--upstream", "127.0.0.1:1", "--delay-ms", "5"],
+    result = subprocess.run([sys.executable, "-m", "bench.latency.delay_proxy",
+                             "--listen", "nohost", "--upstream", "127.0.0.1:1", "--delay-ms", "5"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
 
@@ -204,6 +211,7 @@ def test_proxy_session_routes_both_ways_and_leaves_nothing(echo: EchoServer) -> 
         assert db_port != echo.port and client_port != echo.port
         pids = session.pids()
         assert len(pids) == 2
+        assert session.event_loops() == [EVENT_LOOP, EVENT_LOOP]
         assert 30 <= statistics.median(round_trips_ms(client_host, client_port, 5)) < 40
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"

@@ -1,7 +1,8 @@
 """Latency injection: "every byte the server sends is late by L ms".
 
 Backends side by side behind one interface (base.LatencySession): netem.py (faithful,
-root + sch_netem), proxy.py (anywhere), none.py; auto.py picks one.
+root + sch_netem), proxy.py (anywhere; the proxy program itself is delay_proxy.py), none.py;
+auto.py picks one.
 """
 
 from typing import Any
@@ -12,8 +13,8 @@ __all__ = ["BACKENDS", "LatencyError", "LatencySession", "open_latency", "resolv
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use, so `python -m bench.latency.proxy` does not import the proxy
-    # module twice (once through auto.py, once as __main__).
+    # Imported on first use, so the proxy program (`python -m bench.latency.delay_proxy`)
+    # starts without importing every backend (auto.py imports them all).
     if name in ("open_latency", "resolve_backend"):
         from bench.latency import auto
 

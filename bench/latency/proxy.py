@@ -1,285 +1,33 @@
 """Latency by TCP proxy: works anywhere, no root, no kernel module.
 
-Two proxies, each its own process: one in front of the server (delays the bytes the
-server sends back to clients) and one in front of PostgreSQL (delays the bytes the server
-sends to the database). Each chunk is released L ms after it arrived, in order, like
-Toxiproxy's latency toxic. A closed connection (FIN) is passed on L ms late as well.
+Two proxies, each its own process (the program is bench/latency/delay_proxy.py): one in
+front of the server (delays the bytes the server sends back to clients) and one in front
+of PostgreSQL (delays the bytes the server sends to the database). Each chunk is released
+L ms after it arrived, in order. They stand in every cell, also at 0 ms, so the path is
+the same in every cell and only the delay changes.
 
-What it does not model, compared with netem on the server's interface: the TCP handshake
-is not delayed (the proxy accepts at once), so a new connection costs one L less (the
-server's SYN to PostgreSQL and its SYN-ACK to a client are not late). Its own cost is
-measured by benchmarks/proxy_overhead.py.
-
-Run as a process:
-    python -m bench.latency.proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:5432 \
-        --delay-ms 100 --delay-direction downstream
-It prints `listening HOST:PORT` once it accepts connections, and runs until SIGTERM.
-
-Written here rather than taken from a library: Toxiproxy is a Go binary (nothing to
-install from PyPI), and the few Python proxies on PyPI have no per-chunk delay.
+This module is the harness's side: starting a proxy process, reading the address it
+listens on, stopping it. What the proxy does not model is in delay_proxy.py's docstring.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import collections
 import contextlib
 import ctypes
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from typing import IO
 
 from bench.latency.base import LatencyError, LatencySession
+from bench.processes import stop_process
 
-CHUNK_BYTES = 256 * 1024
+PROGRAM = "bench.latency.delay_proxy"
 READY_TIMEOUT_S = 15.0
-# Directions: "upstream" delays what the upstream sends back (the proxy in front of the
-# server); "downstream" delays what the client sends to the upstream (the proxy in front
-# of PostgreSQL, whose client is the server).
-DIRECTIONS = ("upstream", "downstream", "both")
-_CLOSE = None  # marker in a delayed queue: pass the close on
-
-
-class DelayedWriter:
-    """Writes chunks to a transport `delay_s` after they arrived, order kept.
-
-    One timer per direction at a time (the head of the queue), so chunks can never
-    overtake each other, whatever the event loop does with equal deadlines.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay_s: float,
-                 on_close: Callable[[], None]) -> None:
-        self.loop = loop
-        self.delay_s = delay_s
-        self.on_close = on_close
-        self.transport: asyncio.Transport | None = None
-        self.queue: collections.deque[tuple[float, bytes | None]] = collections.deque()
-        self.pending: list[bytes | None] = []  # arrived before the transport was connected
-        self._timer: asyncio.TimerHandle | None = None
-
-    def attach(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        for item in self.pending:
-            self.push(item)
-        self.pending.clear()
-
-    def push(self, data: bytes | None) -> None:
-        if self.transport is None:
-            self.pending.append(data)
-            return
-        if self.delay_s <= 0 and not self.queue:
-            self._emit(data)
-            return
-        self.queue.append((self.loop.time() + self.delay_s, data))
-        if self._timer is None:
-            self._timer = self.loop.call_at(self.queue[0][0], self._flush)
-
-    def _flush(self) -> None:
-        self._timer = None
-        now = self.loop.time()
-        while self.queue and self.queue[0][0] <= now:
-            self._emit(self.queue.popleft()[1])
-        if self.queue:
-            self._timer = self.loop.call_at(self.queue[0][0], self._flush)
-
-    def _emit(self, data: bytes | None) -> None:
-        transport = self.transport
-        alive = transport is not None and not transport.is_closing()
-        if data is _CLOSE:
-            if alive and transport is not None and transport.can_write_eof():
-                with contextlib.suppress(OSError):  # the peer is already gone
-                    transport.write_eof()
-            self.on_close()
-        elif alive and transport is not None:
-            transport.write(data)
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.queue.clear()
-
-
-class _Side(asyncio.Protocol):
-    """One socket of a proxied connection; what it reads goes to `out`."""
-
-    def __init__(self, conn: ProxiedConnection, out: DelayedWriter) -> None:
-        self.conn = conn
-        self.out = out
-        self.transport: asyncio.Transport | None = None
-        self.eof = False
-        self.lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.out.push(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self.out.push(_CLOSE)
-        return True  # keep the other half open until the delayed FIN is passed on
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if not self.eof:
-            self.eof = True
-            self.out.push(_CLOSE)
-        self.conn.side_lost()
-
-    # Back-pressure: a peer that cannot keep up stops us reading from the other side.
-    def pause_writing(self) -> None:
-        self.conn.pause_other(self)
-
-    def resume_writing(self) -> None:
-        self.conn.resume_other(self)
-
-
-class ProxiedConnection:
-    def __init__(self, loop: asyncio.AbstractEventLoop, upstream: tuple[str, int],
-                 to_client_delay_s: float, to_upstream_delay_s: float) -> None:
-        self.loop = loop
-        self.upstream = upstream
-        self.to_client = DelayedWriter(loop, to_client_delay_s, self._half_closed)
-        self.to_upstream = DelayedWriter(loop, to_upstream_delay_s, self._half_closed)
-        self.client = _Side(self, self.to_upstream)
-        self.server = _Side(self, self.to_client)
-        self._halves_closed = 0
-        self._closed = False
-
-    def client_protocol(self) -> _Side:
-        return self.client
-
-    async def connect_upstream(self) -> None:
-        try:
-            transport, _ = await self.loop.create_connection(lambda: self.server, *self.upstream)
-        except OSError:
-            self.close()  # the client sees its connection closed, as with a refused port
-            return
-        assert isinstance(transport, asyncio.Transport)
-        self.to_upstream.attach(transport)
-        if self.client.transport is not None:
-            self.to_client.attach(self.client.transport)
-
-    def _half_closed(self) -> None:
-        self._halves_closed += 1
-        if self._halves_closed >= 2:
-            self.close()
-
-    def side_lost(self) -> None:
-        if self.client.lost and self.server.lost:
-            self.close()  # both sockets gone: drop whatever is still queued
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for side in (self.client, self.server):
-            if side.transport is not None:
-                side.transport.close()
-        self.to_client.cancel()
-        self.to_upstream.cancel()
-
-    def pause_other(self, side: _Side) -> None:
-        other = self.server if side is self.client else self.client
-        if other.transport is not None:
-            other.transport.pause_reading()
-
-    def resume_other(self, side: _Side) -> None:
-        other = self.server if side is self.client else self.client
-        if other.transport is not None and not other.transport.is_closing():
-            other.transport.resume_reading()
-
-
-def delays(delay_ms: float, direction: str) -> tuple[float, float]:
-    """(to-client delay, to-upstream delay) in seconds for a direction."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
-    delay_s = delay_ms / 1000
-    return (delay_s if direction in ("upstream", "both") else 0.0,
-            delay_s if direction in ("downstream", "both") else 0.0)
-
-
-async def serve(listen: tuple[str, int], upstream: tuple[str, int], delay_ms: float,
-                direction: str, ready: Callable[[str, int], None] | None = None) -> None:
-    """Run the proxy until cancelled."""
-    loop = asyncio.get_running_loop()
-    to_client_s, to_upstream_s = delays(delay_ms, direction)
-    tasks: set[asyncio.Task[None]] = set()
-
-    def accept() -> asyncio.Protocol:
-        conn = ProxiedConnection(loop, upstream, to_client_s, to_upstream_s)
-        task = loop.create_task(conn.connect_upstream())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return conn.client_protocol()
-
-    server = await loop.create_server(accept, *listen, backlog=4096, reuse_address=True)
-    host, port = server.sockets[0].getsockname()[:2]
-    if ready:
-        ready(host, port)
-    async with server:
-        await server.serve_forever()
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
-def _delay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}")
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.latency.proxy",
-        description="A TCP proxy that releases each chunk L ms after it arrived, order kept.")
-    parser.add_argument("--listen", type=_address, required=True, help="HOST:PORT (port 0: any)")
-    parser.add_argument("--upstream", type=_address, required=True, help="HOST:PORT to forward to")
-    parser.add_argument("--delay-ms", type=_delay, required=True, help="added delay L in ms")
-    parser.add_argument("--delay-direction", choices=DIRECTIONS, default="upstream",
-                        help="upstream: delay what the upstream sends back (default); "
-                             "downstream: delay what clients send to it; both")
-    args = parser.parse_args(argv)
-
-    def ready(host: str, port: int) -> None:
-        print(f"listening {host}:{port}", flush=True)
-
-    loop = asyncio.new_event_loop()
-    main_task = loop.create_task(serve(args.listen, args.upstream, args.delay_ms,
-                                       args.delay_direction, ready))
-    # The proxy holds nothing worth a graceful close: on SIGTERM it exits at once, and the
-    # kernel closes every socket (a graceful close of hundreds of half-open connections
-    # took seconds and stretched each cell's teardown).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, os._exit, 0)
-    try:
-        loop.run_until_complete(main_task)
-    except asyncio.CancelledError:
-        pass
-    except OSError as exc:
-        print(f"error: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc.strerror}",
-              file=sys.stderr)
-        return 2
-    finally:
-        loop.close()
-    return 0
+STOP_GRACE_S = 5.0
 
 
 def _die_with_parent() -> None:
@@ -287,6 +35,16 @@ def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """The proxy's first line of output, or "" if it exits or stays silent too long."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout_s):
+            return ""
+    return proc.stdout.readline()
 
 
 class ProxyProcess:
@@ -301,9 +59,11 @@ class ProxyProcess:
         self.cpus = cpus
         self.proc: subprocess.Popen[str] | None = None
         self.errors: IO[bytes] | None = None
+        #: The event loop the proxy said it runs on ("uvloop" or "asyncio"), once started.
+        self.event_loop: str | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "bench.latency.proxy",
+        return [sys.executable, "-m", PROGRAM,
                 "--listen", f"{self.listen_host}:0",
                 "--upstream", f"{self.upstream[0]}:{self.upstream[1]}",
                 "--delay-ms", str(self.delay_ms), "--delay-direction", self.direction]
@@ -329,7 +89,10 @@ class ProxyProcess:
             err = self.errors.read().decode(errors="replace")
             self.stop()
             raise LatencyError(f"latency proxy did not start: {(line or err).strip()[:300]}")
-        host, _, port = line.split()[1].rpartition(":")
+        fields = line.split()  # "listening HOST:PORT loop=NAME"
+        self.event_loop = next((f.removeprefix("loop=") for f in fields[2:]
+                                if f.startswith("loop=")), None)
+        host, _, port = fields[1].rpartition(":")
         return host, int(port)
 
     @property
@@ -340,30 +103,12 @@ class ProxyProcess:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, STOP_GRACE_S)
         if proc.stdout:
             proc.stdout.close()
         if self.errors is not None:
             self.errors.close()
             self.errors = None
-
-
-def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
-    """The proxy's first line of output, or "" if it exits or stays silent too long."""
-    import selectors
-
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout_s):
-            return ""
-    return proc.stdout.readline()
 
 
 class ProxySession(LatencySession):
@@ -391,11 +136,11 @@ class ProxySession(LatencySession):
     def pids(self) -> list[int]:
         return [p.pid for p in self.proxies if p.pid is not None]
 
+    def event_loops(self) -> list[str]:
+        """The event loop each running proxy reported ("uvloop" or "asyncio")."""
+        return [p.event_loop for p in self.proxies if p.event_loop is not None]
+
     def close(self) -> None:
         for proxy in self.proxies:
             proxy.stop()
         self.proxies.clear()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
