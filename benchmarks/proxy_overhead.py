@@ -1,13 +1,21 @@
 """The latency proxy's own cost. Targets (issue 3): added round-trip time at L = 0 under
 0.5 ms (median); at L = 100 the measured added delay within 5% of L; and how many chunks
-per second it forwards on one core.
+per second it forwards on one core. Target (issue 10): on a real cell at L = 0, steady
+sRPS through the proxy at most 5% below the same cell without it.
 
     python benchmarks/proxy_overhead.py [--round-trips N] [--connections C] [--seconds S]
+    python benchmarks/proxy_overhead.py --end-to-end [--repeats N] [--variant V] [--route R]
 
 An echo server on loopback answers each message at once. Round trips are timed direct
 and through the proxy (bench/latency/proxy.py, a process of its own, as in a run); the
 difference is the proxy's cost. Throughput: C connections ping-pong as fast as they can
 through the proxy pinned to one core, with the clients and the echo server on the other.
+
+--end-to-end: the cost where it matters. One cell (default sync_gunicorn io_create/ at
+0 ms, which opens a PostgreSQL connection per request) through `python -m bench run`,
+with `--latency-backend proxy` and `--latency-backend none`, interleaved (the order flips
+every repeat, so a drift of the machine does not favour one side), `--profile quick`.
+Prints each repeat's steady sRPS and the ratio proxy / none.
 """
 
 from __future__ import annotations
@@ -18,9 +26,12 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -28,6 +39,7 @@ from bench.latency.proxy import ProxyProcess
 
 RTT_TARGET_MS = 0.5
 ACCURACY_TARGET = 0.05
+END_TO_END_TARGET = 0.05  # steady sRPS through the proxy at most 5% below none
 
 
 def echo_server() -> int:
@@ -98,12 +110,63 @@ def throughput(port: int, proxy_pid: int, connections: int, seconds: float) -> d
             "proxy_cpu_pct": round(cpu, 1)}
 
 
+def cell_srps(backend: str, variant: str, route: str, profile: str, out: Path) -> float:
+    """Steady sRPS of one `bench run` cell at 0 ms with this latency backend."""
+    command = [sys.executable, "-m", "bench", "run", "--variants", variant, "--routes", route,
+               "--latencies", "0", "--profile", profile, "--latency-backend", backend,
+               "--out", str(out), "--no-report"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    cells = sorted(out.glob("cells/*/cell.json"))
+    if not cells:
+        raise SystemExit(f"{' '.join(command)} wrote no cell.json (exit {done.returncode}):\n"
+                         f"{(done.stderr or done.stdout)[-800:]}")
+    record = json.loads(cells[0].read_text())
+    srps = (record.get("metrics") or {}).get("steady_srps")
+    if record.get("status") != "ok" or srps is None:
+        raise SystemExit(f"{cells[0]}: status {record.get('status')}, "
+                         f"reason {record.get('reason')}")
+    return float(srps)
+
+
+def end_to_end(repeats: int, variant: str, route: str, profile: str) -> int:
+    srps: dict[str, list[float]] = {"proxy": [], "none": []}
+    with tempfile.TemporaryDirectory(prefix="proxy-e2e-") as tmp:
+        for repeat in range(repeats):
+            order = ("proxy", "none") if repeat % 2 == 0 else ("none", "proxy")
+            for backend in order:
+                value = cell_srps(backend, variant, route, profile,
+                                  Path(tmp) / f"r{repeat + 1}-{backend}")
+                srps[backend].append(value)
+            ratio = srps["proxy"][-1] / srps["none"][-1]
+            print(f"repeat {repeat + 1} ({order[0]} first): proxy {srps['proxy'][-1]:.1f}, "
+                  f"none {srps['none'][-1]:.1f} steady sRPS, ratio {ratio:.3f}", flush=True)
+    ratios = [p / n for p, n in zip(srps["proxy"], srps["none"], strict=True)]
+    overall = statistics.mean(srps["proxy"]) / statistics.mean(srps["none"])
+    print(f"{variant} {route}/ 0 ms, profile {profile}, {repeats} repeats: "
+          f"proxy {statistics.mean(srps['proxy']):.1f}, none {statistics.mean(srps['none']):.1f} "
+          f"steady sRPS (means); ratio of means {overall:.3f}, per-repeat ratios "
+          f"{min(ratios):.3f}..{max(ratios):.3f} (target >= {1 - END_TO_END_TARGET:.2f})")
+    print(json.dumps({"variant": variant, "route": route, "profile": profile,
+                      "proxy_srps": srps["proxy"], "none_srps": srps["none"],
+                      "ratios": [round(r, 4) for r in ratios],
+                      "ratio_of_means": round(overall, 4)}))
+    return 0 if overall >= 1 - END_TO_END_TARGET else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round-trips", type=int, default=500)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="compare one bench run cell through the proxy and without it")
+    parser.add_argument("--repeats", type=int, default=3, help="with --end-to-end")
+    parser.add_argument("--variant", default="sync_gunicorn", help="with --end-to-end")
+    parser.add_argument("--route", default="io_create", help="with --end-to-end")
+    parser.add_argument("--profile", default="quick", help="with --end-to-end")
     args = parser.parse_args()
+    if args.end_to_end:
+        return end_to_end(args.repeats, args.variant, args.route, args.profile)
     cpus = sorted(os.sched_getaffinity(0))
     proxy_cpus, other_cpus = (cpus[-1:], cpus[:-1]) if len(cpus) > 1 else (cpus, cpus)
     os.sched_setaffinity(0, other_cpus)
