@@ -149,6 +149,16 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     return folder, build_report(folder)
 
 
+def stated_interactions(md: str) -> list[float]:
+    """The three-way interaction values "## The interaction" states, one per I/O route
+    estimated; none where it says why it cannot estimate one."""
+    start = md.index("## The interaction")
+    end = md.find("\n## ", start + 1)
+    return [float(v) for v in re.findall(
+        r"the three-way interaction on log steady sRPS is (-?\d+\.\d+) \(",
+        md[start:end if end > 0 else None])]
+
+
 def section(text: str, title: str) -> str:
     """The text of one Markdown table from its bold title to the next blank+bold line."""
     start = text.index(title)
@@ -222,12 +232,24 @@ def test_caveats_interaction_and_study_comparison(report: tuple[Path, list[Path]
     assert "1 cell(s) missing: " + MISSING in md
     assert "CI wider than 20% of the mean in 1 cell(s): async_unlimited cpu/ 100 ms" in md
     expected = (math.log(2 / 100) - math.log(110 / 120)) - 0.0
-    assert f"log steady sRPS is {expected:.2f}" in md
+    assert stated_interactions(md) == [pytest.approx(expected, abs=0.005)]
+    assert "cannot be estimated" not in md
     assert "divides sync io_create/ throughput by 50 (sync_gunicorn)" in md
     # 2 async_uvicorn cells with 7 each; the failed one has no metrics, one is missing.
     assert ('| 3 | Async Limited: failures "too many clients" | present | failures | present '
             '| 14 in async_uvicorn | n/a | yes |') in md
     assert "Study conclusion 3 (Async Limited: too many clients): holds." in md
+
+
+def test_an_interaction_that_cannot_be_estimated_says_why_and_states_no_value(
+        tmp_path: Path) -> None:
+    folder = make_results(tmp_path / "run")
+    (folder / "cells" / cell_id("sync_gunicorn", "cpu", 100) / "cell.json").unlink()
+    build_report(folder)
+    md = (folder / "report.md").read_text()
+    assert ("The three-way interaction for io_create/ cannot be estimated: it needs a "
+            "successful sync_gunicorn cpu/ cell at 100 ms") in md
+    assert stated_interactions(md) == []
 
 
 def test_failures_and_resources_tables(report: tuple[Path, list[Path]]) -> None:
@@ -361,7 +383,10 @@ def test_report_of_a_small_real_run(tmp_path: Path) -> None:
         assert cell in md and cell in html
     for column in ("sync_gunicorn", "async_unlimited"):
         assert f"| {column} " in md or f" {column} |" in md
-    assert "three-way interaction" in md
+    # Both routes at both latencies succeeded, so the interaction is a number, not the
+    # sentence saying why it cannot be estimated (which also names "three-way interaction").
+    assert len(stated_interactions(md)) == 1, md
+    assert "cannot be estimated" not in md
 
 
 def test_repeats_are_averaged_and_their_ci_is_student_t(tmp_path: Path) -> None:
