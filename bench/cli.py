@@ -1,4 +1,4 @@
-"""python -m bench {variants,requirements,serve,run,report,db,load}.
+"""python -m bench {variants,requirements,serve,run,report,table,db,load}.
 
 User errors (a bad variant.toml, an unknown route, missing PostgreSQL binaries...) end
 with one line on stderr and exit code 2, never a traceback.
@@ -216,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Build report.md, report.html and figures/ from a "
                                         "results folder (also a partial or failed run).")
     report.add_argument("results", type=_results_folder, metavar="RESULTS_DIR")
+
+    table = sub.add_parser("table", help="print README's results table for a results folder",
+                           description="Print, as Markdown, steady sRPS ± 95%% CI at each "
+                                       "latency, peak DB connections and peak server + DB "
+                                       "memory per column, under the run id and commit.")
+    table.add_argument("results", type=_results_folder, metavar="RESULTS_DIR")
+    table.add_argument("--route", choices=ROUTES, default="io_create",
+                       help="the route (default: io_create)")
     return parser
 
 
@@ -369,8 +377,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from bench.report.results_table import results_table_of_folder
+
+    print(results_table_of_folder(args.results, args.route), end="")
+    return 0
+
+
 COMMANDS = {"variants": cmd_variants, "requirements": cmd_requirements, "serve": cmd_serve,
-            "run": cmd_run, "report": cmd_report, "db": cmd_db, "load": cmd_load}
+            "run": cmd_run, "report": cmd_report, "table": cmd_table, "db": cmd_db,
+            "load": cmd_load}
 
 
 def main(argv: list[str] | None = None) -> int:

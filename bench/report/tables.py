@@ -60,6 +60,15 @@ def number(value: float | None, digits: int | None = None) -> str:
     return f"{value:,.{digits}f}"
 
 
+def steady_text(estimate: Estimate) -> str:
+    """"mean ± half-width", with WIDE_MARK when the interval is too wide to trust."""
+    text = number(estimate.mean)
+    if estimate.low is not None and estimate.high is not None:
+        half = (estimate.high - estimate.low) / 2
+        text += f" ± {number(half, 1 if abs(estimate.mean) >= 1 else 2)}"
+    return text + (f" {WIDE_MARK}" if estimate.wide else "")
+
+
 def _group_state(cells: list[CellRecord], footnotes: list[str]) -> TableCell | None:
     """'missing' / 'failed [n]' for a group without a successful repeat, else None."""
     if ok_cells(cells):
@@ -104,14 +113,8 @@ def matrix_table(run: Run, estimates: Estimates, route: str, steady: bool) -> Ta
                 if estimate is None:
                     row.append(TableCell("n/a" + note, numeric=True))
                     continue
-                text = number(estimate.mean)
-                if estimate.low is not None and estimate.high is not None:
-                    half = (estimate.high - estimate.low) / 2
-                    text += f" ± {number(half, 1 if abs(estimate.mean) >= 1 else 2)}"
-                if estimate.wide:
-                    any_wide = True
-                    text += f" {WIDE_MARK}"
-                row.append(TableCell(text + note, numeric=True,
+                any_wide = any_wide or estimate.wide
+                row.append(TableCell(steady_text(estimate) + note, numeric=True,
                                      state="wide" if estimate.wide else ""))
             else:
                 peak = mean_metric(cells, "max_srps")
