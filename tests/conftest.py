@@ -1,15 +1,24 @@
-"""Shared fixtures: one real embedded PostgreSQL cluster per test session."""
+"""Shared fixtures: one real embedded PostgreSQL cluster per test session; a variant served
+over a fresh clone of its template, and HTTP calls to it."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench.net import free_port
 from bench.postgres import PostgresCluster, cache_root
+from bench.server import ServerProcess, app_environment
+from bench.variants import Variant
 
 # Small template for tests: the routes' semantics do not depend on the row count.
 TEST_ROWS = 2000
@@ -45,3 +54,35 @@ def pg_cache_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(cluster: PostgresCluster, variant: Variant, db_name: str, log_dir: Path,
+            cpu_loop: int = 1000) -> Iterator[tuple[str, str]]:
+    """`variant` listening on a free port over `db_name`, a fresh clone of the template:
+    (base URL, database); the server stopped and the database dropped afterwards."""
+    db = cluster.clone_database(db_name)
+    port = free_port("127.0.0.1")
+    env = app_environment(variant, cluster.app_env(db), ["127.0.0.1"], cpu_loop)
+    server = ServerProcess(variant.server_command("127.0.0.1", port), env,
+                           log_dir / "server.log")
+    server.start()
+    try:
+        server.wait_listening("127.0.0.1", port)
+        yield f"http://127.0.0.1:{port}", db
+    finally:
+        server.stop()
+        cluster.drop_database(db)
+
+
+def request_json(url: str, body: bytes | None = None, method: str | None = None,
+                 timeout_s: float = 60) -> tuple[int, Any]:
+    """(status, JSON answer); a body goes as a form (POST unless `method` says otherwise)."""
+    req = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        req.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

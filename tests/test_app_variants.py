@@ -3,17 +3,13 @@ each route answering as the study's app does, and bad input refused with nothing
 
 from __future__ import annotations
 
-import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import request_json, serving
 
-from bench.net import free_port
-from bench.server import ServerProcess, app_environment
 from bench.variants import Variant, discover
 from bench.verify import expected_ct, verify_routes
 
@@ -27,33 +23,16 @@ def call(url: str, data: dict[str, str] | None = None, method: str | None = None
          raw: bytes | None = None) -> tuple[int, Any]:
     body = raw if raw is not None else (
         urllib.parse.urlencode(data).encode() if data is not None else None)
-    req = urllib.request.Request(url, data=body, method=method or ("POST" if body else "GET"))
-    if raw is not None:
-        req.add_header("Content-Type", "application/x-www-form-urlencoded")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return request_json(url, body, method, timeout_s=30)
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def served(request: pytest.FixtureRequest, pg_cluster, pg_template,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Variant, str, Any, str]]:
-    tmp_path = tmp_path_factory.mktemp(request.param)
     variant = discover()[request.param]
-    dbname = pg_cluster.clone_database(f"t_{variant.name}")
-    port = free_port("127.0.0.1")
-    env = app_environment(variant, pg_cluster.app_env(dbname), ["127.0.0.1"], CPU_LOOP)
-    server = ServerProcess(variant.server_command("127.0.0.1", port), env,
-                           tmp_path / "server.log")
-    server.start()
-    try:
-        server.wait_listening("127.0.0.1", port)
-        yield variant, f"http://127.0.0.1:{port}", pg_cluster, dbname
-    finally:
-        server.stop()
-        pg_cluster.drop_database(dbname)
+    with serving(pg_cluster, variant, f"t_{variant.name}", tmp_path_factory.mktemp(
+            request.param), cpu_loop=CPU_LOOP) as (base, dbname):
+        yield variant, base, pg_cluster, dbname
 
 
 def row_count(cluster, dbname: str) -> int:

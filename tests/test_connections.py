@@ -7,25 +7,21 @@ reaches the database then waits on the lock while holding its connection.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import request_json, serving
 
-from bench.net import free_port
 from bench.postgres import PostgresCluster
-from bench.server import ServerProcess, app_environment
-from bench.variants import PoolSettings, Variant, discover
+from bench.variants import PoolSettings, discover
 
 pytestmark = pytest.mark.integration
 
@@ -33,27 +29,7 @@ TEST_APP = "bench-test"
 
 
 def call(url: str, data: dict[str, str] | None = None) -> tuple[int, Any]:
-    body = urllib.parse.urlencode(data).encode() if data is not None else None
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-@contextlib.contextmanager
-def serving(cluster: PostgresCluster, variant: Variant, log_dir: Path) -> Iterator[tuple[str, str]]:
-    db = cluster.clone_database(f"t_conn_{variant.name}")
-    port = free_port("127.0.0.1")
-    env = app_environment(variant, cluster.app_env(db), ["127.0.0.1"], 1000)
-    server = ServerProcess(variant.server_command("127.0.0.1", port), env, log_dir / "server.log")
-    server.start()
-    try:
-        server.wait_listening("127.0.0.1", port)
-        yield f"http://127.0.0.1:{port}", db
-    finally:
-        server.stop()
-        cluster.drop_database(db)
+    return request_json(url, urllib.parse.urlencode(data).encode() if data is not None else None)
 
 
 def app_connections(cluster: PostgresCluster, db: str) -> int:
@@ -86,7 +62,7 @@ def load_under_lock(cluster: PostgresCluster, base: str, db: str, concurrency: i
 def test_pool_bounds_connections_and_exhaustion_is_pool_timeout(
         pg_cluster: PostgresCluster, pg_template: str, tmp_path: Path) -> None:
     variant = replace(discover()["async_pooled"], pool=PoolSettings(1, 3, 1.0))
-    with serving(pg_cluster, variant, tmp_path) as (base, db):
+    with serving(pg_cluster, variant, f"t_conn_{variant.name}", tmp_path) as (base, db):
         peak, answers = load_under_lock(pg_cluster, base, db, concurrency=20, hold_s=3.0)
     assert 1 <= peak <= 3, peak
     statuses = [status for status, _ in answers]
@@ -100,7 +76,7 @@ def test_pool_holds_under_a_concurrent_load_without_lock(
         pg_cluster: PostgresCluster, pg_template: str, tmp_path: Path) -> None:
     variant = discover()["async_pooled"].with_overrides(pool_max_size=4)
     assert variant.pool and variant.pool.max_size == 4
-    with serving(pg_cluster, variant, tmp_path) as (base, db):
+    with serving(pg_cluster, variant, f"t_conn_{variant.name}", tmp_path) as (base, db):
         stop = threading.Event()
         peak = 0
 
@@ -126,7 +102,7 @@ def test_gthread_holds_at_most_its_threads(pg_cluster: PostgresCluster, pg_templ
                                            tmp_path: Path) -> None:
     variant = discover()["sync_gthread"]
     threads = int(variant.command[variant.command.index("--threads") + 1])
-    with serving(pg_cluster, variant, tmp_path) as (base, db):
+    with serving(pg_cluster, variant, f"t_conn_{variant.name}", tmp_path) as (base, db):
         peak, answers = load_under_lock(pg_cluster, base, db, concurrency=threads + 15,
                                         hold_s=3.0)
     assert peak <= threads, (peak, threads)
@@ -139,7 +115,7 @@ def test_native_views_answer_exactly_like_the_orm(pg_cluster: PostgresCluster,
     variants = discover()
     answers: dict[str, dict[str, Any]] = {}
     for name in ("async_native", "async_uvicorn", "sync_gunicorn"):
-        with serving(pg_cluster, variants[name], tmp_path) as (base, db):
+        with serving(pg_cluster, variants[name], f"t_conn_{name}", tmp_path) as (base, db):
             created = call(f"{base}/io_create/", {"title": "same", "content": "answer"})
             read = call(f"{base}/io_read/")
             answers[name] = {"cpu": call(f"{base}/cpu/"), "created": created, "read": read}

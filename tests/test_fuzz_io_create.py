@@ -4,20 +4,16 @@ a missing field among them, gets 400 with nothing written; never a 500, never a 
 
 from __future__ import annotations
 
-import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import request_json, serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.net import free_port
 from bench.postgres import PostgresCluster
-from bench.server import ServerProcess, app_environment
 from bench.variants import discover
 
 pytestmark = pytest.mark.integration
@@ -46,28 +42,13 @@ def acceptable(form: dict[str, str]) -> bool:
 def server(request: pytest.FixtureRequest, pg_cluster: PostgresCluster, pg_template: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     variant = discover()[request.param]
-    db = pg_cluster.clone_database(f"t_fuzz_{variant.name}")
-    port = free_port("127.0.0.1")
-    env = app_environment(variant, pg_cluster.app_env(db), ["127.0.0.1"], 1000)
-    log = tmp_path_factory.mktemp("fuzz") / "server.log"
-    proc = ServerProcess(variant.server_command("127.0.0.1", port), env, log)
-    proc.start()
-    try:
-        proc.wait_listening("127.0.0.1", port)
-        yield f"http://127.0.0.1:{port}/io_create/", db
-    finally:
-        proc.stop()
-        pg_cluster.drop_database(db)
+    with serving(pg_cluster, variant, f"t_fuzz_{variant.name}",
+                 tmp_path_factory.mktemp("fuzz")) as (base, db):
+        yield f"{base}/io_create/", db
 
 
 def post(url: str, body: bytes) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method="POST")
-    req.add_header("Content-Type", "application/x-www-form-urlencoded")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return request_json(url, body, timeout_s=30)
 
 
 def count(cluster: PostgresCluster, db: str) -> int:
