@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.report import ReportError
-from bench.report.data import ResultsError, Run, load_run
+from bench.report import ReportError, read_run
+from bench.report.data import Run
 from bench.report.resources import resource_values
 from bench.report.stats import WIDE_CI_FRACTION, ok_cells, steady_estimate
 from bench.report.study import ROUTE_TITLES
@@ -72,10 +72,7 @@ def results_table(run: Run, route: str) -> str:
 
 def results_table_of_folder(results_dir: Path, route: str) -> str:
     """results_table() of a results folder; ReportError (one line) when it cannot be made."""
-    try:
-        run = load_run(results_dir)
-    except ResultsError as exc:
-        raise ReportError(str(exc)) from None
+    run = read_run(results_dir)
     if route not in run.routes:
         raise ReportError(f"{results_dir} has no {route}/ cells; it has "
                           f"{', '.join(r + '/' for r in run.routes) or 'none'}")
