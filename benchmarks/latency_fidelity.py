@@ -36,6 +36,7 @@ import time
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("sync_gunicorn", "async_unlimited")
@@ -47,7 +48,7 @@ ROWS = 2000
 CELL_TIMEOUT_S = 420
 
 
-def _profile_table(users: int, hold_s: float) -> dict[str, object]:
+def _profile_table(users: int, hold_s: float) -> dict[str, Any]:
     """`tiny` from load/profiles.toml with `users` users and a hold of `hold_s` seconds,
     whichever of the file's hold keys it uses."""
     with (REPO / "load" / "profiles.toml").open("rb") as handle:
@@ -58,7 +59,7 @@ def _profile_table(users: int, hold_s: float) -> dict[str, object]:
         if key in table:
             table[key] = hold_s
     if "duration_s" in table:  # the earlier format: hold from hold_start_s to duration_s
-        table["duration_s"] = float(table["hold_start_s"]) + 1 + hold_s  # type: ignore[arg-type]
+        table["duration_s"] = float(table["hold_start_s"]) + 1 + hold_s
     return table
 
 
@@ -81,7 +82,7 @@ def make_repo(root: Path, users: int, hold_s: float) -> Path:
 
 
 def run_cell(out: Path, variant: str, latency_ms: int, backend: str, repo: Path
-             ) -> dict[str, object]:
+             ) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench", "run", "--latency-backend", backend,
                "--variants", variant, "--routes", ROUTE, "--latencies", str(latency_ms),
                "--profile", PROFILE, "--rows", str(ROWS), "--no-report", "--out", str(out)]
@@ -93,7 +94,7 @@ def run_cell(out: Path, variant: str, latency_ms: int, backend: str, repo: Path
         tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
     except subprocess.TimeoutExpired:
         tail = [f"timed out after {CELL_TIMEOUT_S} s"]
-    record: dict[str, object] = {"variant": variant, "latency_ms": latency_ms,
+    record: dict[str, Any] = {"variant": variant, "latency_ms": latency_ms,
                                  "backend": backend, "wall_s": round(time.monotonic() - started, 1),
                                  "out": str(out)}
     cells = sorted(out.glob("cells/*/cell.json"))
@@ -110,41 +111,52 @@ def run_cell(out: Path, variant: str, latency_ms: int, backend: str, repo: Path
             "verification_ms": cell.get("verification_ms")}
 
 
-def summarize(cells: list[dict[str, object]]) -> dict[str, object]:
+def _srps(cells: list[dict[str, Any]], variant: str, backend: str, latency_ms: int,
+          round_no: int | None = None) -> list[float]:
+    """Steady sRPS of the ok cells that match (of one round, or of all)."""
+    return [float(c["steady_srps"]) for c in cells
+            if c["variant"] == variant and c["backend"] == backend
+            and c["latency_ms"] == latency_ms and c["status"] == "ok"
+            and c["steady_srps"] is not None and round_no in (None, c["round"])]
+
+
+def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Per variant and backend: mean steady sRPS at 0 and 100 ms, their ratio; and the
     proxy's ratio minus netem's (points) and over netem's (relative)."""
-    def srps(variant: str, backend: str, latency_ms: int) -> list[float]:
-        return [float(c["steady_srps"]) for c in cells  # type: ignore[arg-type]
-                if c["variant"] == variant and c["backend"] == backend
-                and c["latency_ms"] == latency_ms and c["status"] == "ok"
-                and c["steady_srps"] is not None]
-
-    summary: dict[str, object] = {}
+    summary: dict[str, Any] = {}
     for variant in VARIANTS:
-        row: dict[str, object] = {}
+        row: dict[str, Any] = {}
         for backend in BACKENDS:
-            at0, at100 = srps(variant, backend, 0), srps(variant, backend, 100)
+            at0, at100 = _srps(cells, variant, backend, 0), _srps(cells, variant, backend, 100)
             mean0 = statistics.fmean(at0) if at0 else None
             mean100 = statistics.fmean(at100) if at100 else None
-            row[backend] = {"srps_0": mean0, "srps_100": mean100, "n_0": len(at0),
-                            "n_100": len(at100),
-                            "ratio": mean100 / mean0 if mean0 and mean100 is not None else None}
             # One request alone (the harness's verification, before the load): what the
             # undelayed handshakes change without queueing.
-            alone = [float(c["verification_ms"][ROUTE]) for c in cells  # type: ignore[index]
+            alone = [float(c["verification_ms"][ROUTE]) for c in cells
                      if c["variant"] == variant and c["backend"] == backend
                      and c["latency_ms"] == 100 and c.get("verification_ms")]
-            row[backend]["request_alone_ms_100"] = (  # type: ignore[index]
-                statistics.median(alone) if alone else None)
-        netem, proxy = row["netem"]["ratio"], row["proxy"]["ratio"]  # type: ignore[index]
+            row[backend] = {"srps_0": mean0, "srps_100": mean100, "n_0": len(at0),
+                            "n_100": len(at100),
+                            "ratio": mean100 / mean0 if mean0 and mean100 is not None else None,
+                            "request_alone_ms_100": statistics.median(alone) if alone else None}
+        netem, proxy = row["netem"]["ratio"], row["proxy"]["ratio"]
         if netem and proxy is not None:
             row["difference_points"] = 100 * (proxy - netem)
             row["difference_relative"] = proxy / netem - 1
+        # The same difference within each round (its spread shows the noise).
+        by_round = []
+        for round_no in sorted({c["round"] for c in cells}):
+            values = [_srps(cells, variant, backend, latency_ms, round_no)
+                      for backend in BACKENDS for latency_ms in LATENCIES]
+            if all(values) and values[0][0] and values[2][0]:
+                n0, n100, p0, p100 = (v[0] for v in values)
+                by_round.append(round(100 * (p100 / p0 - n100 / n0), 1))
+        row["difference_points_by_round"] = by_round
         summary[variant] = row
     return summary
 
 
-def table(summary: dict[str, object]) -> str:
+def table(summary: dict[str, Any]) -> str:
     def num(value: object, fmt: str) -> str:
         return format(value, fmt) if isinstance(value, (int, float)) else "n/a"
 
@@ -152,22 +164,22 @@ def table(summary: dict[str, object]) -> str:
              "| proxy 100/0 | proxy - netem |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for variant, row in summary.items():
-        n, p = row["netem"], row["proxy"]  # type: ignore[index]
-        diff = row.get("difference_points")  # type: ignore[union-attr]
-        rel = row.get("difference_relative")  # type: ignore[union-attr]
+        n, p = row["netem"], row["proxy"]
+        diff = row.get("difference_points")
+        rel = row.get("difference_relative")
         lines.append(
             f"| {variant} | {num(n['srps_0'], '.2f')} | {num(n['srps_100'], '.2f')} "
             f"| {num(n['ratio'], '.1%')} | {num(p['srps_0'], '.2f')} | {num(p['srps_100'], '.2f')} "
             f"| {num(p['ratio'], '.1%')} | {num(diff, '+.1f')} points"
-            f" ({num(rel, '+.0%')}) |")
+            f" ({num(rel, '+.0%')}; by round {row.get('difference_points_by_round')}) |")
     lines.append("\nOne io_create request alone at 100 ms (verification, median ms): " + "; ".join(
-        f"{variant} netem {num(row['netem'].get('request_alone_ms_100'), '.0f')}, "  # type: ignore[index]
-        f"proxy {num(row['proxy'].get('request_alone_ms_100'), '.0f')}"  # type: ignore[index]
+        f"{variant} netem {num(row['netem'].get('request_alone_ms_100'), '.0f')}, "
+        f"proxy {num(row['proxy'].get('request_alone_ms_100'), '.0f')}"
         for variant, row in summary.items()))
     return "\n".join(lines)
 
 
-def write_json(path: Path, data: dict[str, object]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(data, indent=2) + "\n")
     partial.replace(path)
@@ -178,11 +190,11 @@ def inside(args: argparse.Namespace) -> int:
     out: Path = args.out
     repo = make_repo(Path("/tmp/fidelity-repo"), args.users, args.hold_s)
     rng = random.Random(args.seed)
-    data: dict[str, object] = {
+    data: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": args.seed, "rounds": args.rounds, "route": ROUTE, "rows": ROWS,
         "profile": _profile_table(args.users, args.hold_s), "cells": []}
-    cells: list[dict[str, object]] = data["cells"]  # type: ignore[assignment]
+    cells: list[dict[str, Any]] = data["cells"]
     flip = 0
     for round_no in range(1, args.rounds + 1):
         order = [(v, lat) for v in VARIANTS for lat in LATENCIES]
