@@ -4,12 +4,20 @@ per second it forwards on one core. Target (issue 10): on a real cell at L = 0, 
 sRPS through the proxy at most 5% below the same cell without it.
 
     python benchmarks/proxy_overhead.py [--round-trips N] [--connections C] [--seconds S]
+    python benchmarks/proxy_overhead.py --postgres [--connections-pg N]
     python benchmarks/proxy_overhead.py --end-to-end [--repeats N] [--variant V] [--route R]
 
 An echo server on loopback answers each message at once. Round trips are timed direct
 and through the proxy (bench/latency/proxy.py, a process of its own, as in a run); the
 difference is the proxy's cost. Throughput: C connections ping-pong as fast as they can
 through the proxy pinned to one core, with the clients and the echo server on the other.
+
+--postgres: what a cell that opens a PostgreSQL connection per request pays (a new
+connection is about eight messages, each crossing the proxy, plus its accept and connect).
+Open a connection, run one query, close it: direct and through the proxy at 0 ms, one
+after the other, N times (alternating, so drift hits both alike), with PostgreSQL and the
+proxy on one core and this client on the other, as in a run; then the same with a busy
+loop beside PostgreSQL on its core, standing in for Locust.
 
 --end-to-end: the cost where it matters. One cell (default sync_gunicorn io_create/ at
 0 ms, which opens a PostgreSQL connection per request) through `python -m bench run`,
@@ -110,6 +118,51 @@ def throughput(port: int, proxy_pid: int, connections: int, seconds: float) -> d
             "proxy_cpu_pct": round(cpu, 1)}
 
 
+def _connect_ms(port: int, env: dict[str, str]) -> float:
+    import psycopg
+
+    t0 = time.perf_counter()
+    with psycopg.connect(host=env["DB_HOST"], port=port, dbname=env["DB_NAME"],
+                         user=env["DB_USER"], password=env["DB_PASSWORD"],
+                         autocommit=True) as conn:
+        conn.execute("SELECT 1").fetchone()
+    return (time.perf_counter() - t0) * 1000
+
+
+def postgres_connections(count: int, proxy_cpus: list[int]) -> int:
+    from bench.postgres import PostgresCluster
+
+    with PostgresCluster() as cluster:
+        cluster.start()
+        assert cluster.postmaster_pid is not None and cluster.port is not None
+        psutil.Process(cluster.postmaster_pid).cpu_affinity(proxy_cpus)  # backends inherit it
+        env = cluster.app_env("postgres")
+        proxy = ProxyProcess((cluster.host, cluster.port), 0, "downstream", cpus=proxy_cpus)
+        _, proxy_port = proxy.start()
+        busy: subprocess.Popen[bytes] | None = None
+        try:
+            for contended in (False, True):
+                if contended:
+                    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                    psutil.Process(busy.pid).cpu_affinity(proxy_cpus)
+                times: dict[str, list[float]] = {"direct": [], "proxy": []}
+                for _ in range(count):
+                    times["direct"].append(_connect_ms(cluster.port, env))
+                    times["proxy"].append(_connect_ms(proxy_port, env))
+                direct, proxied = (statistics.median(times[k]) for k in ("direct", "proxy"))
+                print(f"PostgreSQL connect + query + close, {count} each, "
+                      f"{'a busy loop beside PostgreSQL' if contended else 'no busy loop'}: "
+                      f"direct {direct:.2f} ms, through the proxy ({proxy.event_loop}) "
+                      f"{proxied:.2f} ms median: {proxied - direct:+.2f} ms "
+                      f"({proxied / direct - 1:+.1%})", flush=True)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+            proxy.stop()
+    return 0
+
+
 def cell_srps(backend: str, variant: str, route: str, profile: str, out: Path) -> float:
     """Steady sRPS of one `bench run` cell at 0 ms with this latency backend."""
     command = [sys.executable, "-m", "bench", "run", "--variants", variant, "--routes", route,
@@ -158,6 +211,9 @@ def main() -> int:
     parser.add_argument("--round-trips", type=int, default=500)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--postgres", action="store_true",
+                        help="time new PostgreSQL connections direct and through the proxy")
+    parser.add_argument("--connections-pg", type=int, default=200, help="with --postgres")
     parser.add_argument("--end-to-end", action="store_true",
                         help="compare one bench run cell through the proxy and without it")
     parser.add_argument("--repeats", type=int, default=3, help="with --end-to-end")
@@ -170,6 +226,8 @@ def main() -> int:
     cpus = sorted(os.sched_getaffinity(0))
     proxy_cpus, other_cpus = (cpus[-1:], cpus[:-1]) if len(cpus) > 1 else (cpus, cpus)
     os.sched_setaffinity(0, other_cpus)
+    if args.postgres:
+        return postgres_connections(args.connections_pg, proxy_cpus)
     port = echo_server()
 
     direct = round_trips_ms(port, args.round_trips)
