@@ -13,7 +13,7 @@ difference is the proxy's cost. Throughput: C connections ping-pong as fast as t
 through the proxy pinned to one core, with the clients and the echo server on the other.
 
 --postgres: what a cell that opens a PostgreSQL connection per request pays (a new
-connection is about eight messages, each crossing the proxy, plus its accept and connect).
+connection is about ten messages, each crossing the proxy, plus its accept and connect).
 Open a connection, run one query, close it: direct and through the proxy at 0 ms, one
 after the other, N times (alternating, so drift hits both alike), with PostgreSQL and the
 proxy on one core and this client on the other, as in a run; then the same with a busy
