@@ -16,9 +16,11 @@ its own `python -m bench run` with the harness's own latency code.
 
 UML has one slow CPU (system calls especially): absolute sRPS here are far below the
 host's, and the proxy's CPU cost weighs more than on a machine with a core to spare.
-The load profile is `tiny` (load/profiles.toml) with more users and a longer hold,
-defined here and handed to the harness through BENCH_REPO (a copy of load/ with one more
-profile; the other data folders are links): load/profiles.toml itself is not changed.
+The load profile is `tiny` (load/profiles.toml) with a longer hold (12 s) and, with
+--users, another number of users (5 by default: async stays latency-bound on the guest's
+one CPU; with 10 it is CPU-bound at both latencies). It is defined here and handed to the
+harness through BENCH_REPO (a copy of load/ with one more profile; the other data folders
+are links): load/profiles.toml itself is not changed.
 
 Writes DIR/fidelity.json (every cell, and the summary) and prints the table.
 """
