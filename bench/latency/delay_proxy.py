@@ -21,9 +21,9 @@ Written here rather than taken from a library: Toxiproxy is a Go binary (nothing
 install from PyPI), and the few Python proxies on PyPI have no per-chunk delay.
 
 Why uvloop: at L = 0 the proxy stands in every cell, on the core PostgreSQL and Locust
-share, and every message of every PostgreSQL connection crosses it twice; asyncio's pure
-Python selector loop costs several times uvloop's CPU per chunk. asyncio is the fallback
-where uvloop cannot be imported (it has no Windows build, for one).
+share, and every message of every PostgreSQL connection wakes it up for a read and a write;
+uvloop runs the loop in C (libuv), so each message costs less CPU on that shared core.
+asyncio is the fallback where uvloop cannot be imported (it has no Windows build, for one).
 """
 
 from __future__ import annotations
