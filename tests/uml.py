@@ -151,6 +151,8 @@ def run_in_uml(argv: Sequence[str], *, rw: Sequence[Path] = (),
         cmdline = [
             kernel, f"mem={mem}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro",
             f"init={_check_path(INIT_SCRIPT)}", "con=null", "con0=null,fd:1",
+            # Its control socket in the job folder (removed below), not ~/.uml.
+            f"uml_dir={job}",
             f"UML_JOB={job}", f"UML_RW={':'.join(rw_paths)}", f"UML_MODULES={':'.join(modules)}",
             f"UML_TIMEOUT={int(timeout_s)}",
         ]
