@@ -9,26 +9,33 @@ their final names (one rename each), and the per-process request logs are merged
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.paths import load_dir
 from bench.processes import stop_process
+from bench.requestlog import read_request_log
 from bench.results import write_csv_atomic
 
 USER_CLASSES = {"cpu": "CpuUser", "io_read": "IoReadUser", "io_create": "IoCreateUser"}
-PROFILE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "description": str, "users": int, "spawn_rate": (int, float), "duration_s": (int, float),
-    "hold_start_s": (int, float), "timeout_s": (int, float)}
+# key: (type, required)
+PROFILE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "description": (str, False), "users": (int, True), "spawn_rate": ((int, float), True),
+    "min_hold_s": ((int, float), True), "max_hold_s": ((int, float), True),
+    "precision": ((int, float), True), "timeout_s": ((int, float), True),
+    "cpu_ms": ((int, float), False)}
 LOCUST_FILES = {"stats.csv": "locust_stats.csv", "stats_history.csv": "locust_stats_history.csv",
                 "failures.csv": "locust_failures.csv", "exceptions.csv": "locust_exceptions.csv"}
+RESPONSES_HEADER = ("t_s", "name", "response_time_ms", "ok", "kind")
+# Locust's shape is polled once a second: the run's own end is the stop file's backstop.
+SHAPE_MARGIN_S = 3.0
 
 
 class LoadError(Exception):
@@ -37,17 +44,29 @@ class LoadError(Exception):
 
 @dataclass(frozen=True)
 class Profile:
+    """A load shape: ramp to `users`, hold between min_hold_s and max_hold_s (see
+    load/profiles.toml); `precision` 0 holds the full max_hold_s."""
+
     name: str
     users: int
     spawn_rate: float
-    duration_s: float
-    hold_start_s: float
+    min_hold_s: float
+    max_hold_s: float
+    precision: float
     timeout_s: float
     description: str = ""
+    cpu_ms: float | None = None
 
     @property
-    def hold_s(self) -> float:
-        return self.duration_s - self.hold_start_s
+    def ramp_s(self) -> float:
+        return self.users / self.spawn_rate
+
+    @property
+    def max_duration_s(self) -> float:
+        return self.ramp_s + self.max_hold_s
+
+    def with_precision(self, precision: float | None) -> Profile:
+        return self if precision is None else replace(self, precision=precision)
 
 
 def profiles_file() -> Path:
@@ -77,22 +96,28 @@ def parse_profile(name: str, table: object, where: str = "profiles.toml") -> Pro
             raise LoadError(f"{where}: [{name}] unknown key {key!r} "
                             f"(valid: {', '.join(PROFILE_KEYS)})")
     values: dict[str, object] = {}
-    for key, kind in PROFILE_KEYS.items():
+    for key, (kind, required) in PROFILE_KEYS.items():
         if key == "description":
             values[key] = str(table.get(key, ""))
             continue
         if key not in table:
-            raise LoadError(f"{where}: [{name}] key {key!r} is missing")
+            if required:
+                raise LoadError(f"{where}: [{name}] key {key!r} is missing")
+            continue
         value = table[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not isinstance(
-                value, kind) or value <= 0 and (key != "hold_start_s" or value < 0):
+        may_be_zero = key == "precision"
+        if isinstance(value, bool) or not isinstance(value, kind) or not isinstance(
+                value, int | float) or value < 0 or (value == 0 and not may_be_zero):
             raise LoadError(f"{where}: [{name}] key {key!r} must be a positive number, "
                             f"not {value!r}")
         values[key] = value
     profile = Profile(name=name, **values)  # type: ignore[arg-type]
-    if profile.hold_start_s >= profile.duration_s:
-        raise LoadError(f"{where}: [{name}] hold_start_s ({profile.hold_start_s}) must be less "
-                        f"than duration_s ({profile.duration_s})")
+    if profile.min_hold_s > profile.max_hold_s:
+        raise LoadError(f"{where}: [{name}] min_hold_s ({profile.min_hold_s}) must be at most "
+                        f"max_hold_s ({profile.max_hold_s})")
+    if profile.precision >= 1:
+        raise LoadError(f"{where}: [{name}] precision is a fraction of the mean (0.05 = 5%), "
+                        f"below 1, not {profile.precision!r}")
     return profile
 
 
@@ -119,6 +144,7 @@ class LocustRun:
         self.cpu_affinity = cpu_affinity
         self._proc: subprocess.Popen[bytes] | None = None
         self._finished = False
+        self.started_at: float | None = None
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "locust", "-f", str(load_dir() / "locustfile.py"),
@@ -131,13 +157,31 @@ class LocustRun:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["BENCH_PROFILE"] = json.dumps(asdict(self.profile))
+        env["BENCH_PROFILE"] = json.dumps({
+            "users": self.profile.users, "spawn_rate": self.profile.spawn_rate,
+            "timeout_s": self.profile.timeout_s,
+            "duration_s": self.profile.max_duration_s + SHAPE_MARGIN_S})
         env["BENCH_RESPONSES_DIR"] = str(self.work_dir)
+        env["BENCH_STOP_FILE"] = str(self.stop_file)
         return env
+
+    @property
+    def stop_file(self) -> Path:
+        return self.work_dir / "stop"
+
+    @property
+    def live_dir(self) -> Path:
+        """Where the request logs grow while Locust runs (bench/requestlog.py reads them)."""
+        return self.work_dir
+
+    def request_stop(self) -> None:
+        """Ask Locust to end its test now (its shape sees the file within a second)."""
+        self.stop_file.touch()
 
     def start(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
         self.work_dir.mkdir(parents=True)
+        self.started_at = time.time()
         log = (self.work_dir / "locust.log").open("wb")
         self._proc = subprocess.Popen(self.command(), env=self.environment(), stdout=log,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -179,7 +223,8 @@ class LocustRun:
         return ""
 
     def _finish(self) -> None:
-        """Move Locust's files to their final names and merge the request logs."""
+        """Move Locust's files to their final names and merge the request logs, with times
+        made relative to the load's start (responses.csv)."""
         if self._finished or not self.work_dir.is_dir():
             return
         self._finished = True
@@ -187,15 +232,8 @@ class LocustRun:
             src = self.work_dir / written
             if src.is_file():
                 os.replace(src, self.out_dir / final)
-        rows: list[list[str]] = []
-        for part in sorted(self.work_dir.glob("responses.*.csv")):
-            with part.open(newline="") as handle:
-                reader = csv.reader(handle)
-                next(reader, None)
-                rows.extend(reader)
-        rows.sort(key=lambda r: float(r[0]))
-        write_csv_atomic(self.out_dir / "responses.csv",
-                         ("t_s", "name", "response_time_ms", "ok", "kind"), rows)
+        log = read_request_log(self.work_dir, fallback_start=self.started_at)
+        write_csv_atomic(self.out_dir / "responses.csv", RESPONSES_HEADER, log.rows())
         if (self.work_dir / "locust.log").is_file():
             os.replace(self.work_dir / "locust.log", self.out_dir / "locust.log")
         shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -1,8 +1,12 @@
 """Locust users for the study's three routes, and the load shape of a profile.
 
 Run by `bench/load.py` (headless, as a subprocess); configured by environment:
-  BENCH_PROFILE        JSON: users, spawn_rate, duration_s, timeout_s
-  BENCH_RESPONSES_DIR  folder for one responses.<pid>.csv per Locust process
+  BENCH_PROFILE        JSON: users, spawn_rate, duration_s (the backstop), timeout_s
+  BENCH_RESPONSES_DIR  folder for one responses.<pid>.csv per Locust process, appended as
+                       requests end (the harness reads it while the load runs), and a
+                       start.<pid> with the test's start time
+  BENCH_STOP_FILE      when this file exists the shape ends the test (the harness stops the
+                       load once the steady state is measured precisely enough)
 One user class per route (CpuUser, IoReadUser, IoCreateUser), chosen on Locust's command
 line. No wait time: each user sends its next request as soon as the last one is answered.
 
@@ -22,10 +26,12 @@ import time
 from typing import Any
 
 from locust import FastHttpUser, LoadTestShape, events, task
+from locust.runners import MasterRunner
 
 PROFILE: dict[str, Any] = json.loads(os.environ.get("BENCH_PROFILE") or "{}")
 TIMEOUT_S = float(PROFILE.get("timeout_s", 60))
 RESPONSES_DIR = os.environ.get("BENCH_RESPONSES_DIR", "")
+STOP_FILE = os.environ.get("BENCH_STOP_FILE", "")
 ALPHABET = string.ascii_letters + string.digits + " "
 
 
@@ -98,10 +104,13 @@ class IoCreateUser(_RouteUser):
 
 
 class ProfileShape(LoadTestShape):
-    """Ramp to `users` at `spawn_rate`, hold until `duration_s`, stop."""
+    """Ramp to `users` at `spawn_rate` and hold, until the harness's stop file appears or
+    `duration_s` (the backstop) passes."""
 
     def tick(self) -> tuple[int, float] | None:
         if not PROFILE:
+            return None
+        if STOP_FILE and os.path.exists(STOP_FILE):
             return None
         if self.get_run_time() >= float(PROFILE["duration_s"]):
             return None
@@ -109,41 +118,45 @@ class ProfileShape(LoadTestShape):
 
 
 class _Responses:
-    """One row per request, kept in memory and written when the test stops."""
+    """One row per request, appended to this process's log as requests end."""
 
     def __init__(self) -> None:
-        self.t0: float | None = None
-        self.rows: list[tuple[float, str, float, int, str]] = []
+        self.handle: Any = None
+        self.writer: Any = None
 
-    def on_start(self, **_: Any) -> None:
-        self.t0 = time.time()
-        self.rows.clear()
+    def on_start(self, environment: Any = None, **_: Any) -> None:
+        if not RESPONSES_DIR or isinstance(getattr(environment, "runner", None), MasterRunner):
+            return  # a master sends no requests
+        pid = os.getpid()
+        with open(os.path.join(RESPONSES_DIR, f"start.{pid}"), "w") as marker:
+            marker.write(f"{time.time():.6f}\n")
+        if self.handle is None:
+            # Line-buffered: each row reaches the file when the request ends.
+            self.handle = open(os.path.join(RESPONSES_DIR, f"responses.{pid}.csv"), "a",
+                               newline="", buffering=1)
+            self.writer = csv.writer(self.handle, lineterminator="\n")
+            self.writer.writerow(("end_unix_s", "name", "response_time_ms", "ok", "kind"))
 
     def on_request(self, name: str, response_time: float, exception: BaseException | None,
                    start_time: float | None = None, **_: Any) -> None:
-        if self.t0 is None:
-            self.t0 = time.time()
+        if self.writer is None:
+            return
         end = (start_time or time.time()) + (response_time or 0) / 1000
         kind = "" if exception is None else str(exception).split(":")[-1].strip() or type(
             exception).__name__
         if exception is not None and not kind.startswith(("HTTP", "timeout", "connection")):
             kind = failure_kind(0, None, exception)
-        self.rows.append((round(end - self.t0, 3), name, round(response_time or 0, 2),
-                          int(exception is None), kind))
+        self.writer.writerow((f"{end:.4f}", name, round(response_time or 0, 2),
+                              int(exception is None), kind))
 
-    def write(self, **_: Any) -> None:
-        if not RESPONSES_DIR or not self.rows:
-            return
-        path = os.path.join(RESPONSES_DIR, f"responses.{os.getpid()}.csv")
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(("t_s", "name", "response_time_ms", "ok", "kind"))
-            writer.writerows(self.rows)
-        self.rows = []
+    def close(self, **_: Any) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+            self.writer = None
 
 
 _responses = _Responses()
 events.test_start.add_listener(_responses.on_start)
 events.request.add_listener(_responses.on_request)
-events.test_stop.add_listener(_responses.write)
-events.quitting.add_listener(_responses.write)
+events.quitting.add_listener(_responses.close)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,27 +20,34 @@ from bench.load import (
     load_profile,
     parse_profile,
 )
-from bench.metrics import batch_means_ci, cell_metrics
+from bench.metrics import cell_metrics
+from bench.requestlog import RequestLog
 
-GOOD = {"users": 10, "spawn_rate": 10, "duration_s": 10, "hold_start_s": 2, "timeout_s": 5}
+GOOD = {"users": 10, "spawn_rate": 10, "min_hold_s": 5, "max_hold_s": 10, "precision": 0.05,
+        "timeout_s": 5}
 
 
 def test_shipped_profiles() -> None:
-    assert {"study", "quick", "smoke"} <= set(available_profiles())
+    assert {"study", "quick", "smoke", "tiny"} <= set(available_profiles())
     study = load_profile("study")
-    assert (study.users, study.spawn_rate, study.duration_s) == (500, 5, 180)
-    assert study.hold_start_s >= study.users / study.spawn_rate  # hold starts after the ramp
-    for name in available_profiles():
-        profile = load_profile(name)
-        assert profile.hold_start_s >= profile.users / profile.spawn_rate
+    # The study's exact shape: 0 to 500 users at 5/s, 180 s in all, no early stop, its loop.
+    assert (study.users, study.spawn_rate, study.max_duration_s) == (500, 5, 180)
+    assert study.precision == 0 and study.min_hold_s == study.max_hold_s
+    assert study.cpu_ms is None
+    quick = load_profile("quick")
+    assert quick.precision == 0.05 and quick.cpu_ms == 670
+    assert quick.min_hold_s < quick.max_hold_s
 
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"users": -1}, "'users' must be a positive number"),
     ({"users": "many"}, "'users' must be a positive number"),
-    ({"hold_start_s": 20}, "hold_start_s"),
+    ({"min_hold_s": 20}, "min_hold_s"),
+    ({"precision": 5}, "fraction of the mean"),
+    ({"precision": -0.1}, "'precision' must be a positive number"),
     ({"burst": 1}, "unknown key 'burst'"),
     ({"timeout_s": None}, "'timeout_s' is missing"),
+    ({"cpu_ms": 0}, "'cpu_ms' must be a positive number"),
 ])
 def test_bad_profiles_are_named(change: dict[str, object], message: str) -> None:
     table = {**GOOD, **change}
@@ -89,7 +97,8 @@ def tiny_server() -> Iterator[str]:
         server.shutdown()
 
 
-SHORT = Profile(name="t", users=4, spawn_rate=4, duration_s=4, hold_start_s=1, timeout_s=5)
+SHORT = Profile(name="t", users=4, spawn_rate=4, min_hold_s=3, max_hold_s=3, precision=0,
+                timeout_s=5)
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -108,7 +117,9 @@ def test_locust_run_writes_the_cell_files(tiny_server: str, tmp_path: Path,
     with (tmp_path / "responses.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == metrics["total_requests"]
-    assert max(float(r["t_s"]) for r in rows) < SHORT.duration_s + 2
+    # times are relative to the load's start; the shape's backstop ends it
+    assert 0 <= min(float(r["t_s"]) for r in rows)
+    assert max(float(r["t_s"]) for r in rows) < SHORT.max_duration_s + 5
 
 
 def test_failures_are_named_by_kind(tiny_server: str, tmp_path: Path) -> None:
@@ -126,7 +137,7 @@ def test_refused_connection_is_its_own_kind(tmp_path: Path) -> None:
     from bench.net import free_port
 
     run = LocustRun(f"http://127.0.0.1:{free_port('127.0.0.1')}", "cpu",
-                    Profile("t", 2, 2, 2, 0.5, 2), tmp_path)
+                    Profile("t", 2, 2, 1, 1, 0, 2), tmp_path)
     run.start()
     run.wait(timeout=60)
     kinds = cell_metrics(tmp_path, SHORT)["failures_by_kind"]
@@ -134,7 +145,7 @@ def test_refused_connection_is_its_own_kind(tmp_path: Path) -> None:
 
 
 def test_stop_ends_locust_and_keeps_its_files(tiny_server: str, tmp_path: Path) -> None:
-    run = LocustRun(tiny_server, "cpu", Profile("t", 4, 4, 60, 1, 5), tmp_path, processes=2)
+    run = LocustRun(tiny_server, "cpu", Profile("t", 4, 4, 60, 60, 0, 5), tmp_path, processes=2)
     run.start()
     with pytest.raises(TimeoutError):
         run.wait(timeout=4)
@@ -146,6 +157,28 @@ def test_stop_ends_locust_and_keeps_its_files(tiny_server: str, tmp_path: Path) 
     assert (tmp_path / "responses.csv").is_file()
 
 
+def test_the_request_log_grows_while_locust_runs_and_the_stop_file_ends_it(
+        tiny_server: str, tmp_path: Path) -> None:
+    """The runner judges the steady state from the live log, then asks Locust to stop."""
+    run = LocustRun(tiny_server, "cpu", Profile("t", 4, 4, 120, 120, 0, 5), tmp_path,
+                    processes=2)
+    run.start()
+    log = RequestLog(run.live_dir, fallback_start=run.started_at)
+    deadline = time.monotonic() + 30
+    while log.poll() == 0 or len(log.responses()) < 100:
+        assert time.monotonic() < deadline, "no request logged while Locust runs"
+        time.sleep(0.2)
+    assert log.start() is not None and abs(log.start() - time.time()) < 30
+    assert run.exit_code() is None  # still running: the rows came from the live log
+    t_stop = time.monotonic()
+    run.request_stop()
+    assert run.wait(timeout=20) == 0
+    assert time.monotonic() - t_stop < 10  # not the 120 s hold
+    with (tmp_path / "responses.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) >= len(log.responses())
+
+
 def _write(path: Path, header: list[str], rows: list[list[object]]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -154,13 +187,15 @@ def _write(path: Path, header: list[str], rows: list[list[object]]) -> None:
 
 
 def test_metrics_definitions(tmp_path: Path) -> None:
-    profile = Profile("t", users=10, spawn_rate=10, duration_s=12, hold_start_s=2, timeout_s=5)
+    profile = Profile("t", users=10, spawn_rate=5, min_hold_s=10, max_hold_s=40, precision=0,
+                      timeout_s=5)
     rows: list[list[object]] = []
-    # 50 successes/s during the hold (t in [2, 12)), 100 ms each; 1 timeout/s; 5/s in the ramp.
-    for second in range(12):
-        per_second = 50 if second >= 2 else 5
+    # 5 successes/s during the 2 s ramp, then 48/s (12 a 0.25 s bin), 100 ms each, evenly
+    # spread; 1 timeout/s.
+    for second in range(42):
+        per_second = 48 if second >= 2 else 5
         for i in range(per_second):
-            rows.append([second + i / per_second, "cpu", 100.0, 1, ""])
+            rows.append([second + (i + 0.5) / per_second, "cpu", 100.0, 1, ""])
         if second >= 2:
             rows.append([second + 0.5, "cpu", 5000.0, 0, "timeout"])
     _write(tmp_path / "responses.csv", ["t_s", "name", "response_time_ms", "ok", "kind"], rows)
@@ -168,24 +203,37 @@ def test_metrics_definitions(tmp_path: Path) -> None:
            [[1, "Aggregated", 40, 1], [2, "Aggregated", 55, 2], [3, "cpu", 999, 0]])
     _write(tmp_path / "resources.csv",
            ["t_s", "server_rss_mib", "server_cpu_pct", "server_threads", "db_connections",
-            "db_rss_mib", "locust_cpu_pct"],
-           [[1, 50, 90, 3, 1, 100, 95], [2, 60, 95, 5, 4, 120, 96], [3, 55, 97, 4, 2, 110, 97]])
-    m = cell_metrics(tmp_path, profile)
-    assert m["steady_srps"] == 50.0
-    assert m["steady_srps_ci95"] == [50.0, 50.0] or m["steady_srps_ci95"] == (50.0, 50.0)
-    assert m["total_successes"] == 10 + 500 and m["total_failures"] == 10
-    assert m["failures_by_kind"] == {"timeout": 10}
+            "db_rss_mib", "locust_cpu_pct", "steal_pct", "outside_cpu_pct"],
+           [[1, 50, 90, 3, 1, 100, 95, 0, 5], [2, 60, 95, 5, 4, 120, 96, 2, 15],
+            [3, 55, 97, 4, 2, 110, 97, 4, 25]])
+    m = cell_metrics(tmp_path, profile, end_s=42.0)
+    assert m["warmup_s"] == 2.0 and m["window_s"] == 40.0 and not m["unsteady"]
+    assert m["steady_srps"] == 48.0
+    # perfectly even arrivals: every batch holds the same count, so the interval is a point
+    assert m["steady_srps_ci95"] == [48.0, 48.0]
+    assert m["total_successes"] == 10 + 40 * 48 and m["total_failures"] == 40
+    assert m["failures_by_kind"] == {"timeout": 40}
+    assert m["steady_failures_per_s"] == 1.0
     assert m["max_srps"] == 53.0  # 55 - 2, Aggregated rows only
     assert m["p50_ms"] == 100.0 and m["p99_ms"] > 100.0
     assert m["peak_server_rss_mib"] == 60 and m["peak_db_connections"] == 4
     assert m["peak_server_db_rss_mib"] == 180
     assert m["load_generator_saturated"] is True
-    # Little's law: (500 * 0.1 s + 10 * 5 s) / 10 s = 10 in flight
-    assert m["mean_in_flight"] == 10.0
-    assert m["rss_per_in_flight_kib"] == round((180 - 150) * 1024 / 10, 1)
+    # machine noise over the steady window only (samples at t >= 2 s)
+    assert m["mean_steal_pct"] == 3.0 and m["mean_outside_cpu_pct"] == 20.0
+    # Little's law: (1920 * 0.1 s + 40 * 5 s) / 40 s = 9.8 in flight
+    assert m["mean_in_flight"] == 9.8
+    assert m["rss_per_in_flight_kib"] == round((180 - 150) * 1024 / 9.8, 1)
 
 
-def test_batch_means_interval() -> None:
-    low, high = batch_means_ci([10.0, 12.0, 11.0, 9.0, 13.0])
-    assert low < 11.0 < high
-    assert batch_means_ci([5.0]) is None
+def test_noisy_counts_give_an_interval_around_the_rate(tmp_path: Path) -> None:
+    """A Poisson stream of 40/s: the interval is not a point, and it holds the rate."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    times = np.cumsum(rng.exponential(1 / 40, 40 * 60))
+    _write(tmp_path / "responses.csv", ["t_s", "name", "response_time_ms", "ok", "kind"],
+           [[round(t, 4), "cpu", 10.0, 1, ""] for t in times])
+    m = cell_metrics(tmp_path, Profile("t", 1, 1, 10, 60, 0, 5), end_s=59.0)
+    low, high = m["steady_srps_ci95"] or (0, 0)
+    assert low < 40 < high and 0 < high - low < 8
