@@ -57,6 +57,33 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1) such as 0.05 or 5%, "
+                                         f"got {text!r}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 600_000:
+        raise argparse.ArgumentTypeError(f"must be milliseconds > 0, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -111,8 +138,10 @@ def _add_pg(parser: argparse.ArgumentParser) -> None:
                         help="PostgreSQL binaries to use (default: the pgserver wheel's)")
     parser.add_argument("--rows", type=_positive, default=1_000_000,
                         help="posts in the template database (default: 1000000, the study's)")
-    parser.add_argument("--cpu-loop", type=_positive, default=10**7,
-                        help="loop size of cpu/ (default: 10000000, the study's)")
+    parser.add_argument("--cpu-loop", type=_positive, default=None,
+                        help="loop size of cpu/ (default for run: sized so a request takes "
+                             "the profile's cpu_ms on this machine, or the study's 10000000 "
+                             "when the profile has none; default elsewhere: 10000000)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,7 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="MS,MS", help="added latency in ms (default: 0,100,200)")
     run.add_argument("--profile", type=_profile, default="quick",
                      help="load profile from load/profiles.toml (default: quick)")
-    run.add_argument("--repeats", type=_positive, default=1, help="repeats per cell (default 1)")
+    run.add_argument("--repeats", type=_positive, default=1,
+                     help="repeats per cell, interleaved: every cell of repeat 1 in a shuffled "
+                          "order, then of repeat 2, ... (default 1)")
+    run.add_argument("--precision", type=_fraction, metavar="FRACTION",
+                     help="stop a cell's load once its steady sRPS's 95%% CI half-width is at "
+                          "most this fraction of the mean, e.g. 0.05 (default: the profile's; "
+                          "0 holds the profile's maximum hold)")
+    run.add_argument("--cpu-ms", type=_milliseconds, metavar="MS",
+                     help="size the cpu/ loop so one request takes MS on this machine "
+                          "(default: the profile's cpu_ms)")
+    run.add_argument("--seed", type=_seed, help="seed of the shuffled cell order (default: "
+                                                "random, recorded in run.json)")
     run.add_argument("--latency-backend", type=_backend, default="auto",
                      help="auto | netem | proxy | none (default: auto = netem where the kernel "
                           "has it, else proxy)")
@@ -273,7 +313,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             db_env = cluster.app_env(dbname)
         allowed = sorted({"localhost", "127.0.0.1", args.host} - {"0.0.0.0"}) + (
             ["*"] if args.host == "0.0.0.0" else [])  # noqa: S104 - bind-all means any Host
-        env = app_environment(variant, db_env, allowed, args.cpu_loop)
+        env = app_environment(variant, db_env, allowed, args.cpu_loop or 10**7)
         subprocess.run([sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
                        env=env, check=True)
         log = Path(os.environ.get("BENCH_SERVE_LOG", "/dev/stdout"))
@@ -299,7 +339,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         profile=args.profile, repeats=args.repeats, latency_backend=args.latency_backend,
         out=args.out, resume=args.resume, load_processes=args.load_processes,
         target=args.target, pg_bin=args.pg_bin, pg_max_connections=args.pg_max_connections,
-        pool_sizes=args.pool_size, cpu_loop=args.cpu_loop, rows=args.rows,
+        pool_sizes=args.pool_size, cpu_loop=args.cpu_loop, cpu_ms=args.cpu_ms,
+        precision=args.precision, seed=args.seed, rows=args.rows,
     )
     if args.docker:
         from bench.docker import DockerRunner
@@ -307,10 +348,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner = DockerRunner(config, base_image=args.base_image)
         code, out = runner.run(), runner.out
     else:
-        from bench.runner import last_out
-
-        code = run(config)
-        out = last_out()
+        code, out = run(config)
     if not args.no_report and code != 130:
         from bench.report import build_report
 

@@ -30,15 +30,21 @@ from pathlib import Path
 from typing import Any
 
 from bench.latency.netem import netem_qdisc_command
-from bench.metrics import cell_metrics
 from bench.paths import repo_root
 from bench.postgres import DB_USER, cache_root, stored_secret
-from bench.resources import ResourceSampler
 from bench.results import read_json
-from bench.runner import Cell, RunConfig, RunError, Runner, console
+from bench.runner import (
+    Cell,
+    Deployment,
+    LoadRun,
+    RunConfig,
+    RunError,
+    Runner,
+    _Phases,
+    console,
+)
 from bench.server import ServerError, is_listening, process_tree
 from bench.variants import all_requirements, discover
-from bench.verify import verify_routes
 
 BASE_TAG = "asynchronize-django-base:latest"
 DEFAULT_BASE = "python:3.11-slim"
@@ -305,7 +311,10 @@ def _tail(text: str, lines: int = 12) -> str:
 
 
 class DockerRunner(Runner):
-    """Runner whose cells run as containers; plan, files and metrics are the runner's."""
+    """Runner whose cells run as containers; plan, measuring loop, files and metrics are
+    the runner's: this class only starts and stops what a cell measures."""
+
+    mode = "docker"
 
     def __init__(self, config: RunConfig, base_image: str | None = None) -> None:
         if config.target:
@@ -418,7 +427,7 @@ class DockerRunner(Runner):
             "BENCH_PG_MAX_CONNECTIONS": str(cell.variant.max_connections),
             "BENCH_ROWS": str(self.template_rows),
             "BENCH_DB_NAME": DB_NAME,
-            "BENCH_CPU_LOOP": str(self.config.cpu_loop),
+            "BENCH_CPU_LOOP": str(self.cpu_loop),
             "BENCH_SERVER_ENV_FILE": str(server_env.resolve()),
             "BENCH_SERVER_CPUS": ",".join(map(str, self.place["server_cpus"])),
             "BENCH_OTHER_CPUS": ",".join(map(str, self.place["other_cpus"])),
@@ -432,53 +441,41 @@ class DockerRunner(Runner):
             "BENCH_GID": str(os.getgid()),
         }
 
-    def _measure(self, cell: Cell, cell_dir: Path, record: dict[str, Any]) -> float:
-        record["mode"] = "docker"
+    def open_deployment(self, cell: Cell, cell_dir: Path, stack: contextlib.ExitStack,
+                        phases: _Phases) -> Deployment:
+        """db, the latency sidecar (proxy) and the server as containers, listening; the
+        runner's own loop verifies, loads and measures them."""
         env = self.cell_env(cell, cell_dir)
         engine = self.engine
-        with contextlib.ExitStack() as stack:
-            stack.callback(self.compose.down, env)
-            db = self.compose.up("db", env)
-            self._wait_db(db)
-            front = self.compose.up("latency", env) if self.backend == "proxy" else None
-            server = self.compose.up("server", env)
-            stack.callback(self._save_log, server, cell_dir / "server.log")
-            if self.backend == "netem" and cell.latency_ms > 0:
-                engine.run(["exec", server, *netem_command(cell.latency_ms)], 60)
-            host = container_ip(engine, front or server)
-            port = PROXY_PORT if front else SERVER_PORT
-            _wait_for("server container", lambda: is_listening(host, port, 1.0),
-                      lambda: bool(container_state(engine, server).get("Running")),
-                      SERVER_READY_TIMEOUT_S, lambda: _tail(container_logs(engine, server)))
-            # The proxy accepts before the server listens: wait for the server itself too.
-            _wait_for("server", lambda: "serving at" in container_logs(engine, server),
-                      lambda: bool(container_state(engine, server).get("Running")),
-                      SERVER_READY_TIMEOUT_S, lambda: _tail(container_logs(engine, server)))
-            verify_routes(f"http://{host}:{port}", self.config.cpu_loop, self.template_rows,
-                          timeout_s=max(60.0, self.profile.timeout_s))
-            server_pids = serve_children(int(container_state(engine, server)["Pid"]))
-            db_pid = int(container_state(engine, db)["Pid"])
-            load = self.compose.up("load", env)
-            load_pid = int(container_state(engine, load).get("Pid") or 0)
-            sampler = ResourceSampler(cell_dir / "resources.csv", lambda: server_pids,
-                                      lambda: [db_pid], lambda: [load_pid] if load_pid else [],
-                                      db_user=DB_USER)
-            t_load = time.monotonic()
-            sampler.start()
-            try:
-                load_state = self._wait_load_container(load, server)
-            finally:
-                sampler.stop()
-            load_s = time.monotonic() - t_load
-            server_state = container_state(engine, server)
-            if not server_state.get("Running"):
-                record["reason"] = (f"server exited with code {server_state.get('ExitCode')} "
-                                    f"during the load:\n{_tail(container_logs(engine, server), 8)}")
-            elif load_state.get("ExitCode"):
-                raise RuntimeError(f"load container exited with code {load_state['ExitCode']}: "
-                                   f"{_tail(container_logs(engine, load), 8)}")
-            record["metrics"] = cell_metrics(cell_dir, self.profile)
-            return load_s
+        stack.callback(self.compose.down, env)
+        db = self.compose.up("db", env)
+        self._wait_db(db)
+        phases.mark("postgres")
+        front = self.compose.up("latency", env) if self.backend == "proxy" else None
+        server = self.compose.up("server", env)
+        stack.callback(self._save_log, server, cell_dir / "server.log")
+        if self.backend == "netem" and cell.latency_ms > 0:
+            engine.run(["exec", server, *netem_command(cell.latency_ms)], 60)
+        phases.mark("latency")
+        host = container_ip(engine, front or server)
+        port = PROXY_PORT if front else SERVER_PORT
+        _wait_for("server container", lambda: is_listening(host, port, 1.0),
+                  lambda: bool(container_state(engine, server).get("Running")),
+                  SERVER_READY_TIMEOUT_S, lambda: _tail(container_logs(engine, server)))
+        # The proxy accepts before the server listens: wait for the server itself too.
+        _wait_for("server", lambda: "serving at" in container_logs(engine, server),
+                  lambda: bool(container_state(engine, server).get("Running")),
+                  SERVER_READY_TIMEOUT_S, lambda: _tail(container_logs(engine, server)))
+        phases.mark("server_start")
+        return DockerDeployment(
+            engine, f"http://{host}:{port}", DB_USER, server, db,
+            serve_children(int(container_state(engine, server)["Pid"])),
+            int(container_state(engine, db)["Pid"]))
+
+    def start_load(self, cell: Cell, cell_dir: Path, deployment: Deployment) -> LoadRun:
+        load = DockerLoad(self.engine, self.compose, self.cell_env(cell, cell_dir), cell_dir)
+        load.start()
+        return load
 
     def _wait_db(self, db: str) -> None:
         def logs() -> str:
@@ -496,22 +493,88 @@ class DockerRunner(Runner):
                   lambda: bool(container_state(self.engine, db).get("Running")),
                   DB_READY_TIMEOUT_S, lambda: _tail(logs()))
 
-    def _wait_load_container(self, load: str, server: str) -> dict[str, Any]:
-        deadline = time.monotonic() + self.profile.duration_s + self.profile.timeout_s + 60
-        while time.monotonic() < deadline:
-            state = container_state(self.engine, load)
-            if not state.get("Running"):
-                return state
-            if not container_state(self.engine, server).get("Running"):
-                break
-            time.sleep(0.5)
-        self.engine.run(["stop", "-t", "15", load], 60, check=False)
-        state = container_state(self.engine, load)
-        if time.monotonic() >= deadline:
-            raise RuntimeError("Locust did not finish in time")
-        return state
-
     def _save_log(self, cid: str, path: Path) -> None:
         with contextlib.suppress(DockerError, OSError):
             path.write_text(container_logs(self.engine, cid))
 
+
+
+class DockerDeployment:
+    """A cell's db and server containers, seen by the runner's measuring loop."""
+
+    def __init__(self, engine: Engine, url: str, db_user: str, server: str, db: str,
+                 server_pids: list[int], db_pid: int) -> None:
+        self.engine = engine
+        self.url = url
+        self.db_user = db_user
+        self.server = server
+        self.db = db
+        self._server_pids = server_pids
+        self._db_pid = db_pid
+
+    def server_pids(self) -> list[int]:
+        return self._server_pids
+
+    def db_pids(self) -> list[int]:
+        return [self._db_pid]
+
+    def helper_pids(self) -> list[int]:
+        return []
+
+    def crashed(self) -> str | None:
+        state = container_state(self.engine, self.server)
+        if not state.get("Running"):
+            return (f"server exited with code {state.get('ExitCode')} during the load:\n"
+                    f"{_tail(container_logs(self.engine, self.server), 8)}")
+        if not container_state(self.engine, self.db).get("Running"):
+            return ("PostgreSQL exited during the load: "
+                    f"{_tail(container_logs(self.engine, self.db), 3)}")
+        return None
+
+
+class DockerLoad:
+    """Locust in the `load` container (`python -m bench load`), writing into the cell's
+    folder: its live request logs are in <cell>/.locust, where the stop file goes too."""
+
+    def __init__(self, engine: Engine, compose: Compose, env: dict[str, str],
+                 cell_dir: Path) -> None:
+        self.engine = engine
+        self.compose = compose
+        self.env = env
+        self.cell_dir = cell_dir
+        self.started_at: float | None = None
+        self.cid: str | None = None
+        self._pid = 0
+
+    @property
+    def live_dir(self) -> Path:
+        return self.cell_dir / ".locust"
+
+    def start(self) -> None:
+        self.started_at = time.time()
+        self.cid = self.compose.up("load", self.env)
+        self._pid = int(container_state(self.engine, self.cid).get("Pid") or 0)
+
+    def pids(self) -> list[int]:
+        return [self._pid] if self._pid else []
+
+    def request_stop(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.live_dir / "stop").touch()
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while True:
+            state = container_state(self.engine, self.cid) if self.cid else {}
+            if not state.get("Running"):
+                return int(state.get("ExitCode") or 0)
+            if time.monotonic() >= deadline:
+                raise TimeoutError("load container still running")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.cid:
+            self.engine.run(["stop", "-t", "15", self.cid], 60, check=False)
+
+    def log_tail(self, lines: int = 8) -> str:
+        return _tail(container_logs(self.engine, self.cid), lines) if self.cid else ""

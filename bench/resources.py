@@ -6,21 +6,29 @@ that share them, so a tree's sum is its real footprint, where an RSS sum would c
 shared buffers once per backend. Database connections are counted from the backends'
 process titles rather than a query, so counting never takes one of the slots whose
 exhaustion ("too many clients") is being measured.
+
+The machine is part of the measurement (pyperf records its system state the same way):
+`steal_pct` is CPU time the hypervisor gave to other guests, and `outside_cpu_pct` is the
+CPU used by processes outside the cell (all busy time less the server, PostgreSQL, Locust,
+the latency helpers and the harness itself). Percentages are of one core, like a
+process's CPU %, so 200 is both cores of a 2-core machine.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from bench.results import write_csv_atomic
 
 HEADER = ("t_s", "server_rss_mib", "server_cpu_pct", "server_threads", "db_connections",
-          "db_rss_mib", "locust_cpu_pct")
+          "db_rss_mib", "locust_cpu_pct", "steal_pct", "outside_cpu_pct")
 MIB = 1024 * 1024
 
 
@@ -91,6 +99,30 @@ def db_client_connections(procs: list[psutil.Process], db_user: str) -> int:
     return count
 
 
+class _MachineCpu:
+    """Steal and busy CPU of the whole machine since the last sample, in % of one core."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, Any] | None = None
+
+    def sample(self) -> tuple[float, float]:
+        now, times = time.monotonic(), psutil.cpu_times()
+        last, self._last = self._last, (now, times)
+        if last is None or now <= last[0]:
+            return 0.0, 0.0
+        wall = now - last[0]
+
+        def delta(name: str) -> float:
+            return max(getattr(times, name, 0.0) - getattr(last[1], name, 0.0), 0.0)
+
+        total = sum(delta(name) for name in times._fields)
+        idle = delta("idle") + delta("iowait")
+        steal = delta("steal")
+        # guest time is also counted in user time on Linux: leave it out of the sum
+        busy = total - idle - steal - delta("guest") - delta("guest_nice")
+        return 100 * steal / wall, 100 * max(busy, 0.0) / wall
+
+
 class ResourceSampler:
     """Samples once a second on a thread until stop(); writes resources.csv."""
 
@@ -98,6 +130,7 @@ class ResourceSampler:
         self, out_csv: Path, server_pids: Callable[[], list[int]],
         db_pids: Callable[[], list[int]], locust_pids: Callable[[], list[int]],
         db_user: str, interval_s: float = 1.0,
+        helper_pids: Callable[[], list[int]] = list,
     ) -> None:
         self.out_csv = out_csv
         self.interval_s = interval_s
@@ -105,6 +138,8 @@ class ResourceSampler:
         self._server = _Tree(server_pids)
         self._db = _Tree(db_pids)
         self._locust = _Tree(locust_pids)
+        self._helpers = _Tree(lambda: [os.getpid(), *helper_pids()])
+        self._machine = _MachineCpu()
         self.rows: list[tuple[float, ...]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="resources", daemon=True)
@@ -112,22 +147,29 @@ class ResourceSampler:
 
     def start(self) -> None:
         self._t0 = time.monotonic()
-        for tree in (self._server, self._db, self._locust):
+        for tree in (self._server, self._db, self._locust, self._helpers):
             _cpu_pct(tree.processes())  # prime cpu_percent baselines
+        self._machine.sample()
         self._thread.start()
 
     def sample(self) -> tuple[float, ...]:
         server = self._server.processes()
         db = self._db.processes()
         locust = self._locust.processes()
+        server_cpu, db_cpu, locust_cpu = _cpu_pct(server), _cpu_pct(db), _cpu_pct(locust)
+        helpers_cpu = _cpu_pct(self._helpers.processes())
+        steal, busy = self._machine.sample()
+        outside = max(busy - server_cpu - db_cpu - locust_cpu - helpers_cpu, 0.0)
         return (
             round(time.monotonic() - self._t0, 2),
             round(_memory_mib(server), 2),
-            round(_cpu_pct(server), 1),
+            round(server_cpu, 1),
             _threads(server),
             db_client_connections(db, self.db_user),
             round(_memory_mib(db), 2),
-            round(_cpu_pct(locust), 1),
+            round(locust_cpu, 1),
+            round(steal, 1),
+            round(outside, 1),
         )
 
     def _loop(self) -> None:

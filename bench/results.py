@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -70,3 +71,21 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[
 def read_json(path: Path) -> Any:
     with path.open(encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a result CSV as dicts; [] when it is absent or unreadable."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+
+
+def to_float(value: str | None) -> float | None:
+    """A CSV field as a finite float; None for empty, "N/A", text or inf/nan."""
+    try:
+        number = float(value) if value not in (None, "", "N/A") else None
+    except (TypeError, ValueError):
+        return None
+    return number if number is None or math.isfinite(number) else None

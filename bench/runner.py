@@ -1,51 +1,66 @@
-"""A run: every cell of variant x route x latency x repeat, one after the other.
+"""A run: every cell of variant x route x latency x repeat.
 
 The runner only composes: variants (data), PostgreSQL, latency, server, verification,
 Locust, the resource sampler, metrics. Each cell starts from a fresh database clone and
 leaves nothing running; finished cells survive a crash or Ctrl-C, and --resume skips them.
+
+Repeats are interleaved: every cell of repeat 1 in a shuffled order, then every cell of
+repeat 2 in another, ... (the seed is in run.json), so the drift of a shared machine spreads
+over every column instead of biasing one. Each cell's load holds until its steady sRPS is
+precise enough (bench/steady.py) or its profile's maximum hold has passed.
+
+Deployment hooks: `open_deployment` starts what a cell measures (locally: latency,
+PostgreSQL, the server) and `start_load` the load generator; Docker mode
+(bench/docker.py) supplies its own, and the measuring loop (`_measure`) is shared.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 
 from bench import metadata
 from bench.latency import LatencySession, open_latency, resolve_backend
 from bench.load import LocustRun, Profile, load_profile
+from bench.machine import STUDY_CPU_LOOP, Calibration, calibrate
 from bench.metrics import cell_metrics
 from bench.paths import results_dir
 from bench.postgres import PostgresCluster
+from bench.processes import process_tree
+from bench.record import FORMAT, CellRecord, RecordError, read_cell
+from bench.requestlog import RequestLog
 from bench.resources import ResourceSampler
-from bench.results import FORMAT, read_json, write_csv_atomic, write_json_atomic
+from bench.results import read_json, write_csv_atomic, write_json_atomic
 from bench.server import ServerError, ServerProcess, app_environment
+from bench.signals import Interrupted, signals_interrupt
+from bench.steady import BIN_S, analyse
 from bench.variants import Variant, discover, select
 from bench.verify import ROUTES, VerificationError, verify_routes
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: a log that is not a terminal gets whole lines, not lines cut at 80 columns.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 # After the load the server's queued work is worthless: a server busy with queued cpu/
 # requests (or hundreds of slow ones at 200 ms) would take its whole graceful timeout.
 # SIGTERM, this long to exit, then SIGKILL to its process group.
 SERVER_STOP_GRACE_S = 1.0
+POLL_S = 1.0  # how often the steady state is judged while the load runs
+LOG_MARGIN_S = 0.5  # responses ending this close to "now" may not be logged yet
+PRECISE_LOOKS = 2  # consecutive looks that must find the interval tight enough
 
 
 class RunError(Exception):
     """A run that cannot start or resume; one line for the user."""
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived."""
 
 
 @dataclass
@@ -63,7 +78,10 @@ class RunConfig:
     pg_bin: Path | None = None
     pg_max_connections: list[int] | None = None
     pool_sizes: list[int] | None = None
-    cpu_loop: int = 10**7
+    cpu_loop: int | None = None  # None: sized from cpu_ms (or the profile's), else the study's
+    cpu_ms: float | None = None
+    precision: float | None = None  # None: the profile's
+    seed: int | None = None  # None: a random one, recorded
     rows: int = 1_000_000
 
     def comparable(self) -> dict[str, Any]:
@@ -102,15 +120,25 @@ def sweep_columns(variant: Variant, config: RunConfig) -> list[tuple[str, Varian
     return columns
 
 
-def plan_cells(config: RunConfig, variants: list[Variant]) -> list[Cell]:
-    cells = []
+def plan_cells(config: RunConfig, variants: list[Variant], seed: int) -> list[Cell]:
+    """Every cell, repeat by repeat, each repeat in its own shuffled order; a repeat never
+    starts with the cell the previous one ended with (no cell runs back to back)."""
+    rng = random.Random(seed)
+    cells: list[Cell] = []
     for repeat in range(1, config.repeats + 1):
-        for variant in variants:
-            for column, configured in sweep_columns(variant, config):
-                for route in config.routes:
-                    for latency in config.latencies_ms:
-                        cells.append(Cell(column, configured, route, latency, repeat))
+        block = [Cell(column, configured, route, latency, repeat)
+                 for variant in variants
+                 for column, configured in sweep_columns(variant, config)
+                 for route in config.routes for latency in config.latencies_ms]
+        rng.shuffle(block)
+        if cells and len(block) > 1 and _same_group(block[0], cells[-1]):
+            block[0], block[1] = block[1], block[0]
+        cells += block
     return cells
+
+
+def _same_group(a: Cell, b: Cell) -> bool:
+    return (a.column, a.route, a.latency_ms) == (b.column, b.route, b.latency_ms)
 
 
 def placement() -> dict[str, list[int]]:
@@ -125,55 +153,116 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM both end the run the same way: cleanly, cells kept."""
-    def _raise(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    previous = {s: signal.signal(s, _raise) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def caveats(backend: str, backend_reason: str, place: dict[str, list[int]],
-            config: RunConfig) -> list[str]:
+            config: RunConfig, calibration: Calibration | None) -> list[str]:
     notes = []
     cores = len(os.sched_getaffinity(0))
     if cores <= 4:
         notes.append(f"{cores} cores: the server has {len(place['server_cpus'])} core(s); "
                      "PostgreSQL, Locust and the latency proxy share the rest")
     if backend == "proxy":
-        notes.append("latency by TCP proxy, not netem: TCP handshakes are not delayed (the "
-                     "server's SYN to PostgreSQL, its SYN-ACK to clients), so a new connection "
-                     f"costs one L less than under netem ({backend_reason})")
+        from bench.latency import proxy
+
+        note = ("latency by TCP proxy, not netem: TCP handshakes are not delayed (the "
+                "server's SYN to PostgreSQL, its SYN-ACK to clients), so a new connection "
+                f"costs one L less than under netem ({backend_reason})")
+        fidelity = getattr(proxy, "FIDELITY_NOTE", "")
+        notes.append(f"{note}; {fidelity}" if fidelity else note)
     if config.repeats == 1:
         notes.append("one repeat per cell: confidence intervals are batch means within a cell")
     if config.target:
         notes.append(f"external target {config.target}: no server/DB resources sampled")
+    if calibration is not None and calibration.noisy:
+        notes.append(f"noisy machine: the CPU calibration loop varied by "
+                     f"{100 * calibration.cv:.1f}% (coefficient of variation) before the run")
     return notes
 
 
+class Deployment(Protocol):
+    """What one cell measures, started: where to send requests and what to watch."""
+
+    url: str
+    db_user: str
+
+    def server_pids(self) -> list[int]: ...
+    def db_pids(self) -> list[int]: ...
+    def helper_pids(self) -> list[int]: ...
+    def crashed(self) -> str | None: ...
+
+
+class LoadRun(Protocol):
+    """A load generator run (LocustRun locally; a container in Docker mode)."""
+
+    started_at: float | None
+
+    @property
+    def live_dir(self) -> Path: ...
+    def start(self) -> None: ...
+    def pids(self) -> list[int]: ...
+    def request_stop(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def stop(self) -> None: ...
+    def log_tail(self, lines: int = 8) -> str: ...
+
+
+@dataclass
+class LocalDeployment:
+    url: str
+    db_user: str
+    server: ServerProcess | None
+    cluster: PostgresCluster | None
+    session: LatencySession | None
+
+    def server_pids(self) -> list[int]:
+        return self.server.pids() if self.server else []
+
+    def db_pids(self) -> list[int]:
+        pid = self.cluster.postmaster_pid if self.cluster else None
+        return [pid] if pid else []
+
+    def helper_pids(self) -> list[int]:
+        return self.session.pids() if self.session else []
+
+    def crashed(self) -> str | None:
+        if self.server is not None:
+            code = self.server.exit_code()
+            if code is not None:
+                return f"server exited with code {code} during the load:\n" \
+                       f"{self.server.log_tail(8)}"
+        if self.cluster is not None and not self.cluster.running:
+            return f"PostgreSQL exited during the load: {self.cluster.log_tail(3)}"
+        return None
+
+
 class Runner:
+    mode = "local"
+
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self.profile: Profile = load_profile(config.profile)
         self.variants = select(discover(), config.variants)
         self.place = placement()
-        # Created now so missing PostgreSQL binaries are an error before any cell runs.
-        self.cluster: PostgresCluster | None = (
-            None if config.target else PostgresCluster(pg_bin=config.pg_bin))
         self.template_rows = config.rows
         self.out = self._out_dir()
         self.run_json = self.out / "run.json"
-        self.cells = plan_cells(config, self.variants)
+        previous = read_json(self.run_json) if config.resume else {}
+        if config.seed is None:
+            config.seed = (previous.get("config") or {}).get("seed")
+            if config.seed is None:
+                config.seed = random.SystemRandom().randrange(2**31)
+        if config.resume:
+            self._check_resume(previous)
+        self.profile: Profile = load_profile(config.profile).with_precision(config.precision)
+        # Created now so missing PostgreSQL binaries are an error before any cell runs.
+        self.cluster: PostgresCluster | None = (
+            None if config.target else PostgresCluster(pg_bin=config.pg_bin))
+        self.cells = plan_cells(config, self.variants, config.seed)
         self.backend, self.backend_reason = self._resolve_latency()
         if self.backend == "none" and any(config.latencies_ms):
             raise RunError("--latency-backend none adds no latency: use --latencies 0, or "
                            "--latency-backend auto|proxy|netem")
+        self.calibration: Calibration | None = None
+        self.cpu_loop = STUDY_CPU_LOOP
+        self.cpu_work: dict[str, Any] = dict(previous.get("cpu_work") or {})
 
     def _resolve_latency(self) -> tuple[str, str]:
         """(backend, why) for this run; Docker mode probes inside its containers instead."""
@@ -184,14 +273,6 @@ class Runner:
             folder = self.config.resume
             if not (folder / "run.json").is_file():
                 raise RunError(f"{folder} is not a results folder (no run.json)")
-            previous = read_json(folder / "run.json").get("config", {})
-            mine = self.config.comparable()
-            mine["out"] = None
-            diff = [k for k, v in mine.items() if k != "out" and previous.get(k) != _jsonable(v)]
-            if diff:
-                raise RunError(f"cannot resume {folder}: configuration differs in "
-                               f"{', '.join(diff)} (was {previous.get(diff[0])!r}, "
-                               f"now {_jsonable(mine[diff[0]])!r})")
             return folder
         if self.config.out:
             if (self.config.out / "run.json").exists():
@@ -199,6 +280,33 @@ class Runner:
                                f"{self.config.out} or another --out")
             return self.config.out
         return results_dir() / datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+
+    def _check_resume(self, previous: dict[str, Any]) -> None:
+        before = previous.get("config", {})
+        mine = _jsonable(self.config.comparable())
+        diff = [k for k, v in mine.items() if before.get(k) != v]
+        if diff:
+            raise RunError(f"cannot resume {self.out}: configuration differs in "
+                           f"{', '.join(diff)} (was {before.get(diff[0])!r}, "
+                           f"now {mine[diff[0]]!r})")
+
+    def prepare_cpu_work(self) -> None:
+        """Calibrate the machine and size the cpu/ loop (once; a resumed run keeps its loop)."""
+        self.calibration = calibrate(self.place["server_cpus"])
+        if self.cpu_work.get("loop"):
+            self.cpu_loop = int(self.cpu_work["loop"])
+            return
+        target_ms = self.config.cpu_ms or self.profile.cpu_ms
+        if self.config.cpu_loop:
+            self.cpu_loop, source = self.config.cpu_loop, "--cpu-loop"
+        elif target_ms:
+            self.cpu_loop = self.calibration.loop_for(target_ms)
+            source = "--cpu-ms" if self.config.cpu_ms else f"profile {self.profile.name}"
+        else:
+            self.cpu_loop, source = STUDY_CPU_LOOP, "the study's loop"
+        self.cpu_work = {"loop": self.cpu_loop, "target_ms": target_ms, "source": source,
+                         "expected_ms": round(self.calibration.median_ms * self.cpu_loop
+                                              / self.calibration.loop, 1)}
 
     def run_metadata(self, status: str, started: str, ended: str | None) -> dict[str, Any]:
         commit, dirty = metadata.git_state()
@@ -209,16 +317,20 @@ class Runner:
             "ended_at": ended,
             "status": status,
             "config": _jsonable(self.config.comparable()),
+            "seed": self.config.seed,
             "profile": asdict(self.profile),
             "latency_backend": self.backend,
             "latency_backend_reason": self.backend_reason,
             "machine": metadata.machine(),
+            "machine_calibration": self.calibration.as_json() if self.calibration else None,
+            "cpu_work": self.cpu_work,
             "packages": metadata.package_versions(),
             "postgres_version": self.cluster.version if self.cluster else None,
             "git_commit": commit,
             "git_dirty": dirty,
             "placement": self.place,
-            "caveats": caveats(self.backend, self.backend_reason, self.place, self.config),
+            "caveats": caveats(self.backend, self.backend_reason, self.place, self.config,
+                               self.calibration),
             "cells": [c.cell_id for c in self.cells],
         }
 
@@ -227,9 +339,13 @@ class Runner:
         if self.run_json.exists():
             started = read_json(self.run_json).get("started_at", started)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.prepare_cpu_work()
         write_json_atomic(self.run_json, self.run_metadata("running", started, None))
-        console.print(f"run: {len(self.cells)} cells -> {self.out}  (latency backend: "
-                      f"{self.backend}; profile {self.profile.name})")
+        assert self.calibration is not None
+        console.print(f"run: {len(self.cells)} cells -> {self.out} (latency backend: "
+                      f"{self.backend}; profile {self.profile.name}; seed {self.config.seed}; "
+                      f"calibration {self.calibration.median_ms:.1f} ms "
+                      f"± {100 * self.calibration.cv:.1f}%; cpu/ loop {self.cpu_loop:,})")
         status = "complete"
         failed = 0
         try:
@@ -268,16 +384,10 @@ class Runner:
                 per_cell = (time.monotonic() - t_start) / done_here
                 eta = f"  ETA {_minutes(per_cell * (len(self.cells) - index + 1))}"
             console.print(f"[{index}/{len(self.cells)}] {cell.cell_id}{eta}")
-            result = self.run_cell(cell, cell_dir)
+            result = self.run_cell(cell, cell_dir, order=index)
             done_here += 1
-            failed += result["status"] == "failed"
-            metrics = result.get("metrics", {})
-            line = (f"    {result['status']}: steady sRPS {metrics.get('steady_srps', 'n/a')}, "
-                    f"max sRPS {metrics.get('max_srps', 'n/a')}, "
-                    f"failures {metrics.get('total_failures', 'n/a')}")
-            if result.get("reason"):
-                line += f"; {result['reason'].splitlines()[0]}"
-            console.print(line)
+            failed += result.status == "failed"
+            console.print(_cell_line(result))
         return failed
 
     def _ensure_cluster(self, variant: Variant, listen_host: str) -> PostgresCluster:
@@ -287,153 +397,178 @@ class Runner:
         _pin_tree(self.cluster.postmaster_pid, self.place["other_cpus"])
         return self.cluster
 
-    def run_cell(self, cell: Cell, cell_dir: Path) -> dict[str, Any]:
-        """Run one cell; always returns (and writes) its cell.json content."""
+    def run_cell(self, cell: Cell, cell_dir: Path, order: int | None = None) -> CellRecord:
+        """Run one cell; always returns (and writes) its cell.json record."""
         _clear_partial(cell_dir)
         started = now_iso()
         t0 = time.monotonic()
-        record: dict[str, Any] = {
-            "format": FORMAT, "cell_id": cell.cell_id, "column": cell.column,
-            "variant": cell.variant.name, "title": cell.variant.title,
-            "study_label": cell.variant.study_label, "interface": cell.variant.interface,
-            "views": cell.variant.views, "route": cell.route, "latency_ms": cell.latency_ms,
-            "repeat": cell.repeat, "settings": cell.variant.settings(),
-            "latency_backend": self.backend, "placement": self.place,
-            "status": "failed", "reason": None, "metrics": {},
-        }
+        record = CellRecord(
+            cell_id=cell.cell_id, column=cell.column, variant=cell.variant.name,
+            title=cell.variant.title, study_label=cell.variant.study_label,
+            interface=cell.variant.interface, views=cell.variant.views, route=cell.route,
+            latency_ms=cell.latency_ms, repeat=cell.repeat, settings=cell.variant.settings(),
+            latency_backend=self.backend, placement=self.place, order=order, mode=self.mode,
+            precision=self.profile.precision)
         load_s = 0.0
         try:
             load_s = self._measure(cell, cell_dir, record)
-            record["status"] = "ok" if record["reason"] is None else "failed"
+            record.status = "ok" if record.reason is None else "failed"
         except Interrupted:
-            record["status"] = "interrupted"
-            record["reason"] = "the run was interrupted during this cell"
+            record.status = "interrupted"
+            record.reason = "the run was interrupted during this cell"
             raise
         except (ServerError, VerificationError) as exc:
-            record["reason"] = f"{type(exc).__name__}: {exc}"
+            record.reason = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - any crash fails this cell, not the run
-            record["reason"] = f"{type(exc).__name__}: {exc}"
+            record.reason = f"{type(exc).__name__}: {exc}"
         finally:
-            record["metrics"] = record["metrics"] or _safe_metrics(cell_dir, self.profile)
-            record["started_at"] = started
-            record["ended_at"] = now_iso()
-            record["duration_s"] = round(time.monotonic() - t0, 2)
-            record["overhead_s"] = round(record["duration_s"] - load_s, 2)
-            write_json_atomic(cell_dir / "cell.json", record)
+            if not record.metrics:
+                record.metrics = _safe_metrics(cell_dir, self.profile)
+            record.started_at = started
+            record.ended_at = now_iso()
+            record.duration_s = round(time.monotonic() - t0, 2)
+            record.overhead_s = round(record.duration_s - load_s, 2)
+            record.write(cell_dir / "cell.json")
         return record
 
-    def _measure(self, cell: Cell, cell_dir: Path, record: dict[str, Any]) -> float:
+    # -- hooks: what a cell measures, and its load --------------------------------------
+
+    def open_deployment(self, cell: Cell, cell_dir: Path, stack: contextlib.ExitStack,
+                        phases: _Phases) -> Deployment:
+        """Latency, PostgreSQL with a fresh database, the server: started and listening."""
         if self.config.target:
-            return self._measure_target(cell, cell_dir, record)
+            return LocalDeployment(str(self.config.target).rstrip("/"), "", None, None, None)
+        session: LatencySession = stack.enter_context(
+            open_latency(self.backend, cell.latency_ms, self.place["other_cpus"]))
+        cluster = self._ensure_cluster(cell.variant, session.pg_listen_host)
+        if not session.server_bind_host.startswith("127."):
+            # A server in its own namespace connects from its veth address.
+            cluster.allow_clients(f"{session.server_bind_host}/32")
+        cluster.ensure_template(self.template_rows)
+        phases.mark("postgres")
+        dbname = cluster.clone_database(f"cell_{os.getpid()}")
+        stack.callback(_drop_if_running, cluster, dbname)
+        phases.mark("clone")
+        assert cluster.port is not None  # started above
+        db_host, db_port = session.db_endpoint(cluster.host, cluster.port)
+        port = session.server_port()
+        client_host, client_port = session.client_endpoint(port)
+        _pin_pids(session.pids(), self.place["other_cpus"])
+        env = app_environment(
+            cell.variant, cluster.app_env(dbname, db_host, db_port),
+            allowed_hosts=sorted({"localhost", "127.0.0.1", session.server_bind_host,
+                                  client_host}),
+            cpu_loop=self.cpu_loop)
+        command = session.command_prefix + cell.variant.server_command(
+            session.server_bind_host, port)
+        server = ServerProcess(command, env, cell_dir / "server.log",
+                               cpu_affinity=self.place["server_cpus"])
+        stack.callback(server.stop, SERVER_STOP_GRACE_S)
+        phases.mark("latency")
+        server.start()
+        server.wait_listening(session.server_bind_host, port)
+        phases.mark("server_start")
+        return LocalDeployment(f"http://{client_host}:{client_port}", cluster.user, server,
+                               cluster, session)
+
+    def start_load(self, cell: Cell, cell_dir: Path, deployment: Deployment) -> LoadRun:
+        locust = LocustRun(deployment.url, cell.route, self.profile, cell_dir,
+                           processes=self.config.load_processes,
+                           cpu_affinity=None if self.config.target else self.place["other_cpus"])
+        locust.start()
+        return locust
+
+    # -- the measurement, shared by every mode ---------------------------------------------
+
+    def _measure(self, cell: Cell, cell_dir: Path, record: CellRecord) -> float:
         phases = _Phases(record)
         with contextlib.ExitStack() as stack:
-            session: LatencySession = stack.enter_context(
-                open_latency(self.backend, cell.latency_ms, self.place["other_cpus"]))
-            cluster = self._ensure_cluster(cell.variant, session.pg_listen_host)
-            if not session.server_bind_host.startswith("127."):
-                # A server in its own namespace connects from its veth address.
-                cluster.allow_clients(f"{session.server_bind_host}/32")
-            cluster.ensure_template(self.template_rows)
-            phases.mark("postgres")
-            dbname = cluster.clone_database(f"cell_{os.getpid()}")
-            stack.callback(_drop_if_running, cluster, dbname)
-            phases.mark("clone")
-            assert cluster.port is not None  # started above
-            db_host, db_port = session.db_endpoint(cluster.host, cluster.port)
-            port = session.server_port()
-            client_host, client_port = session.client_endpoint(port)
-            _pin_pids(session.pids(), self.place["other_cpus"])
-            env = app_environment(
-                cell.variant, cluster.app_env(dbname, db_host, db_port),
-                allowed_hosts=sorted({"localhost", "127.0.0.1", session.server_bind_host,
-                                      client_host}),
-                cpu_loop=self.config.cpu_loop)
-            command = session.command_prefix + cell.variant.server_command(
-                session.server_bind_host, port)
-            server = ServerProcess(command, env, cell_dir / "server.log",
-                                   cpu_affinity=self.place["server_cpus"])
-            stack.callback(server.stop, SERVER_STOP_GRACE_S)
-            phases.mark("latency")
-            server.start()
-            server.wait_listening(session.server_bind_host, port)
-            phases.mark("server_start")
-            url = f"http://{client_host}:{client_port}"
-            verify_routes(url, self.config.cpu_loop, self.template_rows,
-                          timeout_s=max(60.0, self.profile.timeout_s))
+            deployment = self.open_deployment(cell, cell_dir, stack, phases)
+            record.verification_ms = verify_routes(
+                deployment.url, self.cpu_loop, None if self.config.target else self.template_rows,
+                timeout_s=max(60.0, self.profile.timeout_s))
             phases.mark("verify")
-            locust = LocustRun(url, cell.route, self.profile, cell_dir,
-                               processes=self.config.load_processes,
-                               cpu_affinity=self.place["other_cpus"])
-            sampler = ResourceSampler(
-                cell_dir / "resources.csv", server.pids,
-                lambda: [cluster.postmaster_pid] if cluster.postmaster_pid else [],
-                locust.pids, db_user=cluster.user)
-            stack.callback(locust.stop)
-            locust.start()
+            sampler = ResourceSampler(cell_dir / "resources.csv", deployment.server_pids,
+                                      deployment.db_pids, lambda: load.pids(),
+                                      db_user=deployment.db_user,
+                                      helper_pids=deployment.helper_pids)
+            load = self.start_load(cell, cell_dir, deployment)
+            stack.callback(load.stop)
             sampler.start()
-
-            def crashed() -> str | None:
-                code = server.exit_code()
-                if code is not None:
-                    return f"server exited with code {code} during the load:\n" \
-                           f"{server.log_tail(8)}"
-                if not cluster.running:
-                    return f"PostgreSQL exited during the load: {cluster.log_tail(3)}"
-                return None
-
             try:
-                record["reason"] = self._wait_load(locust, crashed)
+                reason, end_s = self._hold(load, deployment.crashed, record)
             finally:
                 sampler.stop()
+            load.stop()
             load_s = phases.mark("load")
-            record["metrics"] = cell_metrics(cell_dir, self.profile)
+            record.reason = reason
+            record.metrics = cell_metrics(cell_dir, self.profile, end_s)
             phases.mark("metrics")
         phases.mark("stop")
         return load_s
 
-    def _wait_load(self, locust: LocustRun, crashed: Callable[[], str | None]) -> str | None:
-        """Wait for Locust to finish; the reason the cell failed, or None."""
-        deadline = time.monotonic() + self.profile.duration_s + self.profile.timeout_s + 30
+    def _hold(self, load: LoadRun, crashed: Callable[[], str | None], record: CellRecord
+              ) -> tuple[str | None, float | None]:
+        """Hold the load until the steady sRPS is precise enough or the maximum hold has
+        passed; (why the cell failed or None, when the load was stopped in s since its
+        start, None if it ended by itself)."""
+        profile = self.profile
+        log = RequestLog(load.live_dir, fallback_start=load.started_at)
+        deadline = time.monotonic() + profile.max_duration_s + profile.timeout_s + 60
+        looks_precise = 0
         while time.monotonic() < deadline:
             try:
-                code = locust.wait(timeout=0.5)
+                code = load.wait(timeout=POLL_S)
             except TimeoutError:
-                reason = crashed()
-                if reason:
-                    locust.stop()
-                    return reason
+                pass
+            else:
+                if code != 0:
+                    return f"Locust exited with code {code}:\n{load.log_tail()}", None
+                record.stopped_by = "max_hold"
+                return crashed(), None
+            reason = crashed()
+            if reason:
+                load.stop()
+                return reason, None
+            log.poll()
+            start = log.start()
+            if start is None:
                 continue
-            if code != 0:
-                return f"Locust exited with code {code}:\n{locust.log_tail()}"
-            return crashed()
-        locust.stop()
+            elapsed = time.time() - start - LOG_MARGIN_S
+            if elapsed >= profile.max_duration_s:
+                record.stopped_by = "max_hold"
+                load.request_stop()
+                return self._wait_stopped(load), profile.max_duration_s
+            if profile.precision > 0 and elapsed >= profile.ramp_s + profile.min_hold_s:
+                end_s = profile.ramp_s + BIN_S * int((elapsed - profile.ramp_s) / BIN_S)
+                state = analyse(log.responses().success_times(), profile.ramp_s, end_s)
+                precise = (state.window_s >= profile.min_hold_s
+                           and state.precise(profile.precision))
+                # Two looks in a row: one stop on a chance-narrow interval would bias it.
+                looks_precise = looks_precise + 1 if precise else 0
+                if looks_precise >= PRECISE_LOOKS:
+                    record.stopped_by = "precision"
+                    load.request_stop()
+                    return self._wait_stopped(load), end_s
+        load.stop()
         raise RuntimeError("Locust did not finish in time")
 
-    def _measure_target(self, cell: Cell, cell_dir: Path, record: dict[str, Any]) -> float:
-        url = str(self.config.target).rstrip("/")
-        verify_routes(url, self.config.cpu_loop, None, timeout_s=max(60.0, self.profile.timeout_s))
-        locust = LocustRun(url, cell.route, self.profile, cell_dir,
-                           processes=self.config.load_processes)
-        sampler = ResourceSampler(cell_dir / "resources.csv", lambda: [], lambda: [],
-                                  locust.pids, db_user="")
-        t_load = time.monotonic()
+    @staticmethod
+    def _wait_stopped(load: LoadRun) -> str | None:
+        """Locust ends its test within a couple of seconds of the stop file."""
         try:
-            locust.start()
-            sampler.start()
-            locust.wait(timeout=self.profile.duration_s + self.profile.timeout_s + 30)
-        finally:
-            sampler.stop()
-            locust.stop()
-        record["metrics"] = cell_metrics(cell_dir, self.profile)
-        return time.monotonic() - t_load
+            code = load.wait(timeout=15)
+        except TimeoutError:
+            load.stop()
+            return None
+        return None if code == 0 else f"Locust exited with code {code}:\n{load.log_tail()}"
 
 
 class _Phases:
     """Seconds spent in each step of a cell (cell.json "phases_s"): where overhead goes."""
 
-    def __init__(self, record: dict[str, Any]) -> None:
-        self.times: dict[str, float] = {}
-        record["phases_s"] = self.times
+    def __init__(self, record: CellRecord) -> None:
+        self.times = record.phases_s
         self._last = time.monotonic()
 
     def mark(self, name: str) -> float:
@@ -441,6 +576,19 @@ class _Phases:
         self.times[name] = round(now - self._last, 2)
         self._last = now
         return self.times[name]
+
+
+def _cell_line(result: CellRecord) -> str:
+    m = result.metrics
+    ci = m.get("steady_half_width_pct")
+    line = (f"    {result.status}: steady sRPS {m.get('steady_srps', 'n/a')}"
+            f"{f' ± {ci}%' if ci is not None else ''} (warm-up {m.get('warmup_s', 'n/a')} s, "
+            f"window {m.get('window_s', 'n/a')} s, stopped by {result.stopped_by}"
+            f"{', UNSTEADY' if m.get('unsteady') else ''}), max sRPS {m.get('max_srps', 'n/a')}"
+            f", failures {m.get('total_failures', 'n/a')}")
+    if result.reason:
+        line += f"; {result.reason.splitlines()[0]}"
+    return line
 
 
 def _jsonable(value: Any) -> Any:
@@ -464,8 +612,8 @@ def _finished(cell_dir: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        status = read_json(path).get("status")
-    except (OSError, ValueError):
+        status = read_cell(path).status
+    except RecordError:
         return None
     return status if status in {"ok", "failed"} else None
 
@@ -479,7 +627,7 @@ def _clear_partial(cell_dir: Path) -> None:
     cell_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _safe_metrics(cell_dir: Path, profile: Profile) -> dict[str, Any]:
+def _safe_metrics(cell_dir: Path, profile: Profile) -> Any:
     try:
         return cell_metrics(cell_dir, profile)
     except Exception:  # noqa: BLE001 - a failed cell keeps what can be computed
@@ -494,7 +642,7 @@ def _drop_if_running(cluster: PostgresCluster, dbname: str) -> None:
 
 
 def _pin_pids(pids: list[int], cpus: list[int]) -> None:
-    from bench.server import pin, process_tree
+    from bench.server import pin
 
     for pid in pids:
         pin([p.pid for p in process_tree(pid)], cpus)
@@ -506,11 +654,13 @@ def _pin_tree(pid: int | None, cpus: list[int]) -> None:
 
 
 SUMMARY_FIELDS = ("cell_id", "column", "variant", "study_label", "interface", "views", "route",
-                  "latency_ms", "repeat", "status", "reason")
-SUMMARY_METRICS = ("steady_srps", "max_srps", "total_successes", "total_failures", "p50_ms",
-                   "p95_ms", "p99_ms", "peak_server_rss_mib", "peak_server_threads",
+                  "latency_ms", "repeat", "order", "status", "stopped_by", "reason")
+SUMMARY_METRICS = ("steady_srps", "steady_half_width_pct", "warmup_s", "window_s", "unsteady",
+                   "batches_independent", "max_srps", "total_successes", "total_failures",
+                   "p50_ms", "p95_ms", "p99_ms", "peak_server_rss_mib", "peak_server_threads",
                    "peak_db_connections", "peak_server_db_rss_mib", "mean_server_cpu_pct",
-                   "mean_locust_cpu_pct", "load_generator_saturated")
+                   "mean_locust_cpu_pct", "load_generator_saturated", "mean_steal_pct",
+                   "mean_outside_cpu_pct")
 
 
 def write_summary(out: Path) -> Path:
@@ -518,32 +668,24 @@ def write_summary(out: Path) -> Path:
     rows = []
     for path in sorted((out / "cells").glob("*/cell.json")):
         try:
-            cell = read_json(path)
-        except (OSError, ValueError):
+            cell = read_cell(path)
+        except RecordError:
             continue
-        metrics = cell.get("metrics") or {}
-        ci = metrics.get("steady_srps_ci95") or [None, None]
-        rows.append([cell.get(k) for k in SUMMARY_FIELDS]
-                    + [metrics.get(k) for k in SUMMARY_METRICS] + list(ci)
-                    + [(cell.get("settings") or {}).get("pg_max_connections")])
+        ci = cell.ci95 or (None, None)
+        data = cell.to_json()
+        rows.append([data.get(k) for k in SUMMARY_FIELDS]
+                    + [cell.metrics.get(k) for k in SUMMARY_METRICS] + list(ci)
+                    + [cell.settings.get("pg_max_connections")])
     header = (*SUMMARY_FIELDS, *SUMMARY_METRICS, "steady_ci_low", "steady_ci_high",
               "pg_max_connections")
     write_csv_atomic(out / "summary.csv", header, rows)
     return out / "summary.csv"
 
 
-_LAST_OUT: list[Path] = []
-
-
-def run(config: RunConfig) -> int:
+def run(config: RunConfig) -> tuple[int, Path]:
+    """Run the matrix; (exit code, results folder)."""
     runner = Runner(config)
-    _LAST_OUT[:] = [runner.out]
-    return runner.run()
-
-
-def last_out() -> Path:
-    """The results folder of the last run() in this process."""
-    return _LAST_OUT[-1]
+    return runner.run(), runner.out
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,6 @@ import pytest
 from bench.report import ReportError, build_report
 from bench.report.data import CellRecord
 from bench.report.stats import (
-    BATCH_DF,
     Estimate,
     ci_too_wide,
     interaction,
@@ -26,8 +25,8 @@ from bench.report.stats import (
 
 CHROMIUM = Path("/usr/bin/chromium")
 XSS = "<script>alert(1)</script>"
-PROFILE = {"name": "smoke", "users": 150, "spawn_rate": 150, "duration_s": 10,
-           "hold_start_s": 3, "timeout_s": 30}
+PROFILE = {"name": "smoke", "users": 150, "spawn_rate": 150, "min_hold_s": 8,
+           "max_hold_s": 8, "precision": 0, "timeout_s": 30}
 COLUMNS = {  # column: (interface, study_label)
     "sync_gunicorn": ("wsgi", "Sync"),
     "async_uvicorn": ("asgi", "Async Limited"),
@@ -278,7 +277,8 @@ Z_975 = 1.959963984540054
 
 
 def ok_cell(steady: float, ci: list[float] | None = None, repeat: int = 1) -> CellRecord:
-    return CellRecord(f"c__io_read__0ms__r{repeat}", "c", "io_read", 0, repeat, "ok",
+    return CellRecord(cell_id=f"c__io_read__0ms__r{repeat}", column="c", variant="c",
+                      route="io_read", latency_ms=0, repeat=repeat, status="ok",
                       metrics={"steady_srps": steady, "steady_srps_ci95": ci})
 
 
@@ -295,12 +295,13 @@ def test_ci_from_repeats_is_student_t_on_the_repeats() -> None:
 
 
 def test_one_repeat_keeps_the_cells_batch_means_ci_and_failed_repeats_are_ignored() -> None:
-    failed = CellRecord("c__io_read__0ms__r2", "c", "io_read", 0, 2, "failed",
+    failed = CellRecord(cell_id="c__io_read__0ms__r2", column="c", variant="c",
+                        route="io_read", latency_ms=0, repeat=2, status="failed",
                         metrics={"steady_srps": 999.0})
     estimate = steady_estimate([ok_cell(50.0, [45.0, 55.0]), failed])
     assert estimate is not None
     assert (estimate.mean, estimate.low, estimate.high, estimate.df, estimate.method) == (
-        50.0, 45.0, 55.0, BATCH_DF, "batch means")
+        50.0, 45.0, 55.0, 4, "batch means")
     assert steady_estimate([failed]) is None
 
 

@@ -27,7 +27,7 @@ def cell(column: str, route: str, latency_ms: int, steady: float | None = None,
     if successes is not None:
         metrics["total_successes"] = successes
     return CellRecord(cell_id=f"{column}__{route}__{latency_ms}ms__r1", column=column,
-                      route=route, latency_ms=latency_ms, repeat=1, status="ok",
+                      variant=column, route=route, latency_ms=latency_ms, repeat=1, status="ok",
                       study_label=label, interface=interface, metrics=metrics)
 
 

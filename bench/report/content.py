@@ -8,6 +8,7 @@ composes them with what ran, the caveats and the figures.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,12 @@ from bench.report.interaction import (
 )
 from bench.report.resources import failures_table, resource_values, resources_table
 from bench.report.series import cell_series
-from bench.report.stats import WIDE_CI_FRACTION, steady_estimate
+from bench.report.stats import (
+    WIDE_CI_FRACTION,
+    calibration_sentence,
+    repeat_pairs,
+    steady_estimate,
+)
 from bench.report.study import Comparison, Verdict
 from bench.report.tables import (
     Estimates,
@@ -57,6 +63,7 @@ class Report:
     study_tables: list[Table]
     steady_tables: list[Table]
     steady_method: str
+    calibration: str | None
     interaction_figure: Figure | None
     interaction_sentences: list[str]
     interaction_method: str
@@ -140,6 +147,42 @@ class Builder:
         if wide:
             notes.append(f"95% CI wider than {WIDE_CI_FRACTION:.0%} of the mean in "
                          f"{len(wide)} cell(s): " + ", ".join(wide))
+        notes += self.measurement_notes()
+        return notes
+
+    def measurement_notes(self) -> list[str]:
+        """How the holds ended, which cells never settled, and how noisy the machine was."""
+        notes = []
+        finished = [c for c in self.run.cells if c.status == "ok"]
+        by_precision = [c for c in finished if c.stopped_by == "precision"]
+        precision = (self.run.profile.precision if self.run.profile else 0) or None
+        if finished and precision:
+            holds = sorted(c.metric("hold_s") or 0 for c in finished)
+            missed = [c.cell_id for c in finished if c.stopped_by != "precision"
+                      and (c.metric("steady_half_width_pct") or 0) > 100 * precision]
+            notes.append(f"{len(by_precision)} of {len(finished)} cells reached the precision "
+                         f"target (95% CI half-width <= {precision:.0%}) and stopped; the "
+                         f"others held to the profile's maximum (median hold "
+                         f"{statistics.median(holds):.1f} s)"
+                         + (f"; {len(missed)} missed the target: " + ", ".join(missed)
+                            if missed else ""))
+        unsteady = [c.cell_id for c in finished if c.metrics.get("unsteady") is True]
+        if unsteady:
+            notes.append(f"{len(unsteady)} cell(s) never settled (unsteady: their throughput "
+                         "still drifted at the end of the hold): " + ", ".join(unsteady))
+        calibration = self.run.info.get("machine_calibration") or {}
+        if calibration.get("noisy"):
+            notes.append(f"noisy machine: the CPU calibration loop varied by "
+                         f"{100 * calibration.get('cv', 0):.1f}% before the run")
+        steal = [(c.cell_id, v) for c in finished if (v := c.metric("mean_steal_pct")) and v > 5]
+        if steal:
+            notes.append("CPU steal above 5% of a core (another guest took the CPU): "
+                         + ", ".join(f"{cid} {v:.0f}%" for cid, v in steal))
+        outside = [(c.cell_id, v) for c in finished
+                   if (v := c.metric("mean_outside_cpu_pct")) and v > 20]
+        if outside:
+            notes.append("processes outside the cell used more than 20% of a core: "
+                         + ", ".join(f"{cid} {v:.0f}%" for cid, v in outside))
         return notes
 
     # -- figures -------------------------------------------------------------------------
@@ -159,8 +202,10 @@ class Builder:
                 out.append(CellFigure(cell.cell_id, cell.status, None,
                                       "no per-second history in this cell"))
                 continue
-            path = plots.timeseries_figure(cell.cell_id, series, self.run.profile,
-                                           self.figures_dir)
+            phases = plots.Phases(cell.metric("ramp_s"), cell.metric("warmup_s"),
+                                  None if cell.metric("warmup_s") is None else
+                                  (cell.metric("warmup_s") or 0) + (cell.metric("window_s") or 0))
+            path = plots.timeseries_figure(cell.cell_id, series, phases, self.figures_dir)
             self.files.append(path)
             note = f"from {series.source}"
             if cell.status != "ok":
@@ -200,6 +245,7 @@ class Builder:
             steady_tables=[matrix_table(self.run, self.estimates, r, steady=True)
                            for r in self.routes],
             steady_method=steady_method(self.estimates),
+            calibration=calibration_sentence(repeat_pairs(self.run.cells)),
             interaction_figure=interaction_fig,
             interaction_sentences=sentences,
             interaction_method=INTERACTION_METHOD,

@@ -52,7 +52,7 @@ def interactions(run: Run, estimates: Estimates) -> tuple[list[Interaction], lis
     if not io_routes:
         return [], ["The three-way interaction needs an I/O route; this run has only "
                     "cpu/."]
-    hold = (run.profile.duration_s or 0) - (run.profile.hold_start_s or 0)
+    hold = run.profile.min_hold_s if run.profile else 0
     floor = 0.5 / hold if hold > 0 else 0.01
     found: list[Interaction] = []
     skipped: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +15,6 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bench.report.data import Profile  # noqa: E402
 from bench.report.series import Series  # noqa: E402
 from bench.report.stats import Estimate  # noqa: E402
 
@@ -24,6 +24,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#7f7f7f", "#bcbd22", "#17becf")
 RAMP_COLOUR = "#f3e9d2"
 HOLD_COLOUR = "#e3f0e3"
+WARMUP_COLOUR = "#f7f2e6"
 
 plt.rcParams.update({
     "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
@@ -135,13 +136,24 @@ def resources_figure(columns: list[str], routes: list[str],
     return save(fig, folder, "resources")
 
 
-def _phases(ax: Axes, profile: Profile) -> None:
-    if profile.hold_start_s is None:
+@dataclass(frozen=True)
+class Phases:
+    """A cell's phases in seconds since its load started: ramp, detected warm-up, window."""
+
+    ramp_s: float | None
+    warmup_s: float | None
+    end_s: float | None
+
+
+def _phases(ax: Axes, phases: Phases) -> None:
+    if phases.ramp_s is None:
         return
-    ax.axvspan(0, profile.hold_start_s, color=RAMP_COLOUR, zorder=0, linewidth=0)
-    if profile.duration_s is not None and profile.duration_s > profile.hold_start_s:
-        ax.axvspan(profile.hold_start_s, profile.duration_s, color=HOLD_COLOUR, zorder=0,
-                   linewidth=0)
+    ax.axvspan(0, phases.ramp_s, color=RAMP_COLOUR, zorder=0, linewidth=0)
+    if phases.warmup_s is not None and phases.warmup_s > phases.ramp_s:
+        ax.axvspan(phases.ramp_s, phases.warmup_s, color=WARMUP_COLOUR, zorder=0, linewidth=0)
+    start = phases.warmup_s if phases.warmup_s is not None else phases.ramp_s
+    if phases.end_s is not None and phases.end_s > start:
+        ax.axvspan(start, phases.end_s, color=HOLD_COLOUR, zorder=0, linewidth=0)
 
 
 def _plot(ax: Axes, xs: list[float], ys: list[float | None], **style: object) -> None:
@@ -150,12 +162,12 @@ def _plot(ax: Axes, xs: list[float], ys: list[float | None], **style: object) ->
         ax.plot([p[0] for p in points], [p[1] for p in points], **style)  # type: ignore[arg-type]
 
 
-def timeseries_figure(cell_id: str, series: Series, profile: Profile, folder: Path) -> Path:
+def timeseries_figure(cell_id: str, series: Series, phases: Phases, folder: Path) -> Path:
     """Users, sRPS and failures/s, p50/p95 over time; ramp shaded sand, hold green."""
     fig, axes = plt.subplots(3, 1, figsize=(6.4, 4.6), sharex=True)
     users, rates, latency = axes
     for ax in axes:
-        _phases(ax, profile)
+        _phases(ax, phases)
     _plot(users, series.t_s, series.users, color="#555555")
     users.set_ylabel("users")
     if all(u is None for u in series.users):
@@ -168,7 +180,8 @@ def timeseries_figure(cell_id: str, series: Series, profile: Profile, folder: Pa
     _plot(latency, series.t_s, series.p50_ms, color=colour(2), label="p50")
     _plot(latency, series.t_s, series.p95_ms, color=colour(1), label="p95")
     latency.set_ylabel("response ms")
-    latency.set_xlabel("seconds since start (sand: ramp, green: hold)")
+    latency.set_xlabel("seconds since start (sand: ramp, light: detected warm-up, "
+                       "green: steady window)")
     latency.legend(loc="upper left", frameon=False, fontsize=7)
     fig.suptitle(cell_id, fontsize=9)
     fig.tight_layout()

@@ -2,8 +2,8 @@
 flag for intervals too wide to trust, and the three-way interaction on log steady sRPS.
 
 Across repeats the interval is Student t on the repeats' steady sRPS (n - 1 degrees of
-freedom); with one repeat it is the cell's own batch-means interval (bench/metrics.py,
-5 batches, 4 degrees of freedom). The interaction's interval is the delta method: each
+freedom); with one repeat it is the cell's own batch-means interval (bench/steady.py,
+k batches, k - 1 degrees of freedom). The interaction's interval is the delta method: each
 cell's standard error is recovered from its interval (half-width / t quantile), divided by
 the mean for the log scale, and the eight variances are summed (normal quantile).
 """
@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-from bench.metrics import BATCHES
 from bench.report.data import CellRecord
+from bench.steady import t_interval, t_quantile
 
 CONFIDENCE = 0.95
 WIDE_CI_FRACTION = 0.20
-BATCH_DF = BATCHES - 1
 
 METHOD_REPEATS = "repeats"
 METHOD_BATCHES = "batch means"
@@ -39,6 +38,7 @@ class Estimate:
     n: int
     df: int | None
     method: str
+    unsteady: bool = False  # a repeat's series never settled (bench/steady.py)
 
     @property
     def wide(self) -> bool:
@@ -50,21 +50,6 @@ class Estimate:
         if self.low is None or self.high is None or not self.df:
             return None
         return (self.high - self.low) / (2 * t_quantile(self.df))
-
-
-def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
-    return float(stats.t.ppf((1 + confidence) / 2, df))
-
-
-def t_interval(values: list[float], confidence: float = CONFIDENCE
-               ) -> tuple[float, float] | None:
-    """Student-t interval of the mean of `values` (None for fewer than two)."""
-    if len(values) < 2:
-        return None
-    mean = statistics.fmean(values)
-    half = t_quantile(len(values) - 1, confidence) * statistics.stdev(values) / math.sqrt(
-        len(values))
-    return mean - half, mean + half
 
 
 def ci_too_wide(mean: float, low: float | None, high: float | None,
@@ -87,17 +72,19 @@ def steady_estimate(cells: list[CellRecord]) -> Estimate | None:
     values = [(c, v) for c in ok_cells(cells) if (v := c.metric("steady_srps")) is not None]
     if not values:
         return None
+    unsteady = any(c.metrics.get("unsteady") is True for c, _ in values)
     if len(values) >= 2:
         numbers = [v for _, v in values]
         interval = t_interval(numbers)
         assert interval is not None
         return Estimate(statistics.fmean(numbers), interval[0], interval[1], len(numbers),
-                        len(numbers) - 1, METHOD_REPEATS)
+                        len(numbers) - 1, METHOD_REPEATS, unsteady)
     cell, value = values[0]
     ci = cell.ci95
     if ci is None:
-        return Estimate(value, None, None, 1, None, METHOD_NONE)
-    return Estimate(value, ci[0], ci[1], 1, BATCH_DF, METHOD_BATCHES)
+        return Estimate(value, None, None, 1, None, METHOD_NONE, unsteady)
+    batches = int(cell.metric("batches") or 5)  # format 1 cells: 5 batches
+    return Estimate(value, ci[0], ci[1], 1, batches - 1, METHOD_BATCHES, unsteady)
 
 
 def mean_metric(cells: list[CellRecord], name: str) -> float | None:
@@ -185,3 +172,65 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator <= 0:
         return None
     return numerator / denominator
+
+
+@dataclass(frozen=True)
+class RepeatPair:
+    """Two repeats of one cell: how far apart they landed, in combined standard errors."""
+
+    column: str
+    route: str
+    latency_ms: int
+    repeats: tuple[int, int]
+    values: tuple[float, float]
+    z: float
+
+
+CALIBRATION_Z = 2.5
+
+
+def cell_se(cell: CellRecord) -> float | None:
+    """A cell's own standard error of its steady sRPS (its interval over its t quantile)."""
+    ci = cell.ci95
+    batches = cell.metric("batches") or 5
+    if ci is None or batches < 2:
+        return None
+    return (ci[1] - ci[0]) / 2 / t_quantile(int(batches) - 1)
+
+
+def repeat_pairs(cells: list[CellRecord]) -> list[RepeatPair]:
+    """Every pair of successful repeats of each (column, route, latency), with
+    z = |difference| / sqrt(se_a^2 + se_b^2) from the cells' own intervals."""
+    groups: dict[tuple[str, str, int], list[CellRecord]] = {}
+    for cell in ok_cells(cells):
+        groups.setdefault((cell.column, cell.route, cell.latency_ms), []).append(cell)
+    pairs = []
+    for (column, route, latency), members in groups.items():
+        members.sort(key=lambda c: c.repeat)
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                va, vb = a.metric("steady_srps"), b.metric("steady_srps")
+                sa, sb = cell_se(a), cell_se(b)
+                if va is None or vb is None or sa is None or sb is None:
+                    continue
+                se = math.hypot(sa, sb)
+                z = abs(va - vb) / se if se > 0 else (0.0 if va == vb else math.inf)
+                pairs.append(RepeatPair(column, route, latency, (a.repeat, b.repeat),
+                                        (va, vb), z))
+    return pairs
+
+
+def calibration_sentence(pairs: list[RepeatPair]) -> str | None:
+    """Did the within-cell intervals predict where the repeats landed?"""
+    if not pairs:
+        return None
+    beyond = [p for p in pairs if p.z > CALIBRATION_Z]
+    median_z = statistics.median(p.z for p in pairs)
+    # For two honest estimates of one mean, z is |N(0,1)|: median 0.67, above 2.5 in 1.2%.
+    verdict = ("the within-cell intervals agree with the repeat-to-repeat spread"
+               if len(beyond) <= max(1, round(0.05 * len(pairs))) and median_z < 1.2 else
+               "the within-cell intervals understate the repeat-to-repeat spread: trust the "
+               "intervals across repeats, not a single cell's")
+    return (f"Calibration: of {len(pairs)} pairs of repeats of the same cell, {len(beyond)} "
+            f"landed more than {CALIBRATION_Z} combined standard errors apart (median z "
+            f"{median_z:.2f}; for honest intervals about 1% and 0.67): {verdict}.")

@@ -21,6 +21,9 @@ from bench.report.stats import (
 )
 from bench.report.study import ROUTE_TITLES, TABLE_NUMBERS, Verdict
 
+UNSTEADY_MARK = "‡"
+UNSTEADY_NOTE = (f"{UNSTEADY_MARK} unsteady: the throughput never settled (its window's two "
+                 "halves differ); the figure is an average over a drift, not a steady state.")
 WIDE_MARK = "†"
 WIDE_NOTE = (f"{WIDE_MARK} 95% CI wider than {WIDE_CI_FRACTION:.0%} of the mean: "
              "too noisy to trust on its own.")
@@ -66,7 +69,8 @@ def steady_text(estimate: Estimate) -> str:
     if estimate.low is not None and estimate.high is not None:
         half = (estimate.high - estimate.low) / 2
         text += f" ± {number(half, 1 if abs(estimate.mean) >= 1 else 2)}"
-    return text + (f" {WIDE_MARK}" if estimate.wide else "")
+    return text + (f" {WIDE_MARK}" if estimate.wide else "") + (
+        f" {UNSTEADY_MARK}" if estimate.unsteady else "")
 
 
 def _group_state(cells: list[CellRecord], footnotes: list[str]) -> TableCell | None:
@@ -95,7 +99,7 @@ def matrix_table(run: Run, estimates: Estimates, route: str, steady: bool) -> Ta
     title = f"{prefix}{ROUTE_TITLES.get(route, route + '/')}: {what}"
     footnotes: list[str] = []
     rows = []
-    any_wide = False
+    any_wide = any_unsteady = False
     for latency in run.latencies:
         row = [TableCell(str(latency), numeric=True)]
         for column in columns:
@@ -114,6 +118,7 @@ def matrix_table(run: Run, estimates: Estimates, route: str, steady: bool) -> Ta
                     row.append(TableCell("n/a" + note, numeric=True))
                     continue
                 any_wide = any_wide or estimate.wide
+                any_unsteady = any_unsteady or estimate.unsteady
                 row.append(TableCell(steady_text(estimate) + note, numeric=True,
                                      state="wide" if estimate.wide else ""))
             else:
@@ -122,7 +127,8 @@ def matrix_table(run: Run, estimates: Estimates, route: str, steady: bool) -> Ta
                 row.append(TableCell(f"{number(peak)} & {number(successes, 0)}{note}",
                                      numeric=True))
         rows.append(row)
-    notes = [WIDE_NOTE] if steady and any_wide else []
+    notes = ([WIDE_NOTE] if steady and any_wide else []) + (
+        [UNSTEADY_NOTE] if steady and any_unsteady else [])
     return Table(title, ["latency ms", *columns], rows, footnotes, notes)
 
 
@@ -134,9 +140,10 @@ def steady_method(estimates: Estimates) -> str:
                      "repeats with a Student t interval from them (n - 1 degrees of "
                      "freedom)")
     if METHOD_BATCHES in methods:
-        parts.append("where a cell has one successful repeat, its own batch-means "
-                     "interval (5 batches of the hold phase, Student t, 4 degrees of "
-                     "freedom)")
+        parts.append("where a cell has one successful repeat, its own batch-means interval "
+                     "over its steady window (the window starts where MSER-5 finds the end "
+                     "of the warm-up; batches are doubled until their means pass a lag-1 "
+                     "autocorrelation test, Student t on the batches; bench/steady.py)")
     if METHOD_NONE in methods:
         parts.append("cells without an interval show the mean alone")
     if not parts:

@@ -1,0 +1,90 @@
+"""Do the cells' intervals survive a rerun? Repeats of the same cells, compared.
+
+    python benchmarks/calibration.py [--profile long] [--repeats 3] [--out DIR]
+    python benchmarks/calibration.py --results DIR     # only read a run that exists
+
+Runs {sync_gunicorn, async_unlimited} x io_create/ x {0, 100 ms} with --repeats 3
+(interleaved, shuffled: bench run's own order), then for each cell and each pair of its
+repeats prints z = |difference| / sqrt(se_a^2 + se_b^2), from each repeat's own 95%
+interval (bench/report/stats.py repeat_pairs, as the report's calibration line). For
+honest intervals z is |N(0, 1)|: above 2.5 about 1% of the time. Also prints each
+repeat's steady sRPS, half-width, hold and why it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.report.data import load_run  # noqa: E402
+from bench.report.stats import CALIBRATION_Z, calibration_sentence, repeat_pairs  # noqa: E402
+
+VARIANTS = "sync_gunicorn,async_unlimited"
+
+
+def run_cells(out: Path, profile: str, repeats: int, backend: str) -> float:
+    cmd = [sys.executable, "-m", "bench", "run", "--variants", VARIANTS, "--routes",
+           "io_create", "--latencies", "0,100", "--repeats", str(repeats), "--profile", profile,
+           "--latency-backend", backend, "--out", str(out)]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.monotonic()
+    subprocess.run(cmd, cwd=REPO, check=False)
+    return time.monotonic() - t0
+
+
+def report(folder: Path) -> int:
+    run = load_run(folder)
+    print(f"\nrun {folder} (profile {run.info.get('profile', {}).get('name')}, seed "
+          f"{run.info.get('seed')}, calibration "
+          f"{(run.info.get('machine_calibration') or {}).get('median_ms')} ms "
+          f"± {100 * ((run.info.get('machine_calibration') or {}).get('cv') or 0):.1f}%)")
+    print(f"{'cell':<40} {'order':>5} {'steady sRPS':>12} {'±%':>6} {'warm-up s':>9} "
+          f"{'window s':>8} {'stopped by':>10}  status")
+    for cell in sorted(run.cells, key=lambda c: (c.column, c.latency_ms, c.repeat)):
+        m = cell.metrics
+        print(f"{cell.cell_id:<40} {cell.order or 0:>5} {m.get('steady_srps', 0):>12.2f} "
+              f"{m.get('steady_half_width_pct') or 0:>6.1f} {m.get('warmup_s', 0):>9.2f} "
+              f"{m.get('window_s', 0):>8.2f} {cell.stopped_by or '-':>10}  {cell.status}"
+              f"{' UNSTEADY' if m.get('unsteady') else ''}"
+              f"{' (' + cell.reason.splitlines()[0] + ')' if cell.reason else ''}")
+    pairs = repeat_pairs(run.cells)
+    print(f"\n{'cell':<32} {'repeats':>8} {'values':>20} {'z':>6}")
+    for pair in pairs:
+        values = f"{pair.values[0]:.2f} / {pair.values[1]:.2f}"
+        print(f"{pair.column + ' ' + str(pair.latency_ms) + ' ms':<32} "
+              f"{pair.repeats[0]} vs {pair.repeats[1]:<3} {values:>20} {pair.z:>6.2f}")
+    within = sum(p.z <= CALIBRATION_Z for p in pairs)
+    print(f"\n{within} of {len(pairs)} pairs within z <= {CALIBRATION_Z}")
+    sentence = calibration_sentence(pairs)
+    if sentence:
+        print(sentence)
+    ok = all(c.status == "ok" for c in run.cells)
+    return 0 if ok and pairs and within >= len(pairs) - 1 else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="long",
+                        help="load profile (default long: holds up to 120 s for 5%%)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-backend", default="auto")
+    parser.add_argument("--out", type=Path, help="results folder (default: a temp folder)")
+    parser.add_argument("--results", type=Path, help="only read this existing run")
+    args = parser.parse_args()
+    if args.results:
+        return report(args.results)
+    out = args.out or Path(tempfile.mkdtemp(prefix="calibration-")) / "run"
+    wall = run_cells(out, args.profile, args.repeats, args.latency_backend)
+    print(f"wall time {wall / 60:.1f} min")
+    return report(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
