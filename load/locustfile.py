@@ -71,22 +71,20 @@ class _RouteUser(FastHttpUser):
                                           response.error))
 
 
+    def _get(self) -> None:
+        name = self.path.strip("/")
+        with self.client.get(self.path, name=name, catch_response=True) as response:
+            self._check(response)
+
+
 class CpuUser(_RouteUser):
     path = "/cpu/"
-
-    @task
-    def cpu(self) -> None:
-        with self.client.get(self.path, name="cpu", catch_response=True) as response:
-            self._check(response)
+    tasks = [_RouteUser._get]
 
 
 class IoReadUser(_RouteUser):
     path = "/io_read/"
-
-    @task
-    def io_read(self) -> None:
-        with self.client.get(self.path, name="io_read", catch_response=True) as response:
-            self._check(response)
+    tasks = [_RouteUser._get]
 
 
 class IoCreateUser(_RouteUser):
