@@ -1,7 +1,7 @@
 """The 2022 study: its numbers (Tables 1-3), its conclusions, and whether a run agrees.
 
-The numbers are embedded (copied from the study's study_results.csv) so the report needs
-nothing outside this package. Hardware differs, so a run is compared by ratios, never by
+The numbers are a copy of the study's study_results.csv kept in this package, so the
+report needs nothing outside it. Hardware differs, so a run is compared by ratios, never by
 absolute numbers; columns map to the study's setups by their `study_label`.
 """
 
@@ -11,41 +11,14 @@ import csv
 import io
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.report.data import Run
 from bench.report.stats import mean_metric, ratio, steady_estimate
 
-# route,latency_ms,setup,max_srps,total_successes: the study's Tables 1-3.
-STUDY_RESULTS_CSV = """\
-route,latency_ms,setup,max_srps,total_successes
-cpu,0,Sync,1.5,255
-cpu,100,Sync,1.5,255
-cpu,200,Sync,1.5,200
-cpu,0,Async Limited,0.1,24
-cpu,100,Async Limited,0.2,30
-cpu,200,Async Limited,0.5,86
-cpu,0,Async Unlimited,3.3,91
-cpu,100,Async Unlimited,1.3,97
-cpu,200,Async Unlimited,2.7,90
-io_read,0,Sync,23.0,3927
-io_read,100,Sync,1.2,200
-io_read,200,Sync,0.6,105
-io_read,0,Async Limited,28.3,3053
-io_read,100,Async Limited,28.6,4555
-io_read,200,Async Limited,28.4,4312
-io_read,0,Async Unlimited,34.1,4680
-io_read,100,Async Unlimited,36.0,5313
-io_read,200,Async Unlimited,34.2,5123
-io_create,0,Sync,143.6,24328
-io_create,100,Sync,1.4,242
-io_create,200,Sync,0.7,124
-io_create,0,Async Limited,188.8,11325
-io_create,100,Async Limited,129.0,12963
-io_create,200,Async Limited,82.6,8644
-io_create,0,Async Unlimited,187.5,20163
-io_create,100,Async Unlimited,171.4,26145
-io_create,200,Async Unlimited,185.0,23030
-"""
+# The study's Tables 1-3 (route,latency_ms,setup,max_srps,total_successes), a copy of the
+# study's study_results.csv kept beside this module.
+STUDY_RESULTS_CSV = (Path(__file__).parent / "study_results.csv").read_text(encoding="utf-8")
 
 SETUPS = ("Sync", "Async Limited", "Async Unlimited")
 STUDY_LATENCIES = (0, 100, 200)
