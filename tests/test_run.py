@@ -117,9 +117,15 @@ def test_ctrl_c_leaves_nothing_and_resume_completes(tmp_path: Path, sig: signal.
     namespaces = netns_list()
     proc = subprocess.Popen(bench_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    first = out / "cells" / "sync_gunicorn__cpu__0ms__r1" / "cell.json"
-    second = out / "cells" / "sync_gunicorn__cpu__50ms__r1"
     deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (out / "run.json").is_file():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    # The cells run in a shuffled order: run.json lists them in the order they run.
+    order = json.loads((out / "run.json").read_text())["cells"]
+    assert sorted(order) == ["sync_gunicorn__cpu__0ms__r1", "sync_gunicorn__cpu__50ms__r1"]
+    first = out / "cells" / order[0] / "cell.json"
+    second = out / "cells" / order[1]
     # Wait until the first cell is finished and the second is under load.
     while time.monotonic() < deadline and not (first.is_file()
                                                and (second / ".locust").is_dir()):
