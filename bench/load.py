@@ -48,14 +48,14 @@ class Profile:
     load/profiles.toml); `precision` 0 holds the full max_hold_s."""
 
     name: str
-    users: int
-    spawn_rate: float
-    min_hold_s: float
-    max_hold_s: float
-    precision: float
-    timeout_s: float
+    users: int  # held after the ramp
+    spawn_rate: float  # users started per second
+    min_hold_s: float  # the steady window must be at least this long to stop on precision
+    max_hold_s: float  # seconds after the ramp at which the load stops in any case
+    precision: float  # 95% CI half-width / mean that stops the load (0: never early)
+    timeout_s: float  # a slower request fails as "timeout"
     description: str = ""
-    cpu_ms: float | None = None
+    cpu_ms: float | None = None  # what a cpu/ request costs (None: the study's 10^7 loop)
 
     @property
     def ramp_s(self) -> float:
