@@ -142,11 +142,14 @@ def _same_group(a: Cell, b: Cell) -> bool:
 
 
 def placement() -> dict[str, list[int]]:
-    """The server on its own core, everything else on the rest (with >= 2 cores)."""
+    """The server on its own core, PostgreSQL and Locust on the rest (with >= 2 cores), the
+    latency proxies on any core: pinned beside PostgreSQL they waited for its core and
+    added 8-11% to each new PostgreSQL connection, about 3% when free to run anywhere
+    (benchmarks/proxy_overhead.py --postgres); netem's work runs on the sending core too."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
-        return {"server_cpus": cpus, "other_cpus": cpus}
-    return {"server_cpus": cpus[-1:], "other_cpus": cpus[:-1]}
+        return {"server_cpus": cpus, "other_cpus": cpus, "latency_cpus": cpus}
+    return {"server_cpus": cpus[-1:], "other_cpus": cpus[:-1], "latency_cpus": cpus}
 
 
 def now_iso() -> str:
@@ -159,7 +162,8 @@ def caveats(backend: str, backend_reason: str, place: dict[str, list[int]],
     cores = len(os.sched_getaffinity(0))
     if cores <= 4:
         notes.append(f"{cores} cores: the server has {len(place['server_cpus'])} core(s); "
-                     "PostgreSQL, Locust and the latency proxy share the rest")
+                     "PostgreSQL and Locust share the rest; the latency proxy may run on any "
+                     "core")
     if backend == "proxy":
         from bench.latency import proxy
 
@@ -439,7 +443,7 @@ class Runner:
         if self.config.target:
             return LocalDeployment(str(self.config.target).rstrip("/"), "", None, None, None)
         session: LatencySession = stack.enter_context(
-            open_latency(self.backend, cell.latency_ms, self.place["other_cpus"]))
+            open_latency(self.backend, cell.latency_ms, self.place["latency_cpus"]))
         cluster = self._ensure_cluster(cell.variant, session.pg_listen_host)
         if not session.server_bind_host.startswith("127."):
             # A server in its own namespace connects from its veth address.
@@ -453,7 +457,7 @@ class Runner:
         db_host, db_port = session.db_endpoint(cluster.host, cluster.port)
         port = session.server_port()
         client_host, client_port = session.client_endpoint(port)
-        _pin_pids(session.pids(), self.place["other_cpus"])
+        _pin_pids(session.pids(), self.place["latency_cpus"])
         env = app_environment(
             cell.variant, cluster.app_env(dbname, db_host, db_port),
             allowed_hosts=sorted({"localhost", "127.0.0.1", session.server_bind_host,
