@@ -55,6 +55,7 @@ DB_NAME = "cell"
 BUILD_TIMEOUT_S = 1800
 DB_READY_TIMEOUT_S = 900.0
 SERVER_READY_TIMEOUT_S = 120.0
+LOAD_START_TIMEOUT_S = 120.0
 
 
 class DockerError(Exception):
@@ -498,7 +499,6 @@ class DockerRunner(Runner):
             path.write_text(container_logs(self.engine, cid))
 
 
-
 class DockerDeployment:
     """A cell's db and server containers, seen by the runner's measuring loop."""
 
@@ -551,9 +551,19 @@ class DockerLoad:
         return self.cell_dir / ".locust"
 
     def start(self) -> None:
-        self.started_at = time.time()
+        """Start the container and return once Locust's test has started (its start.<pid>
+        marker), so the runner's hold never counts the container's creation (~10 s on vfs)
+        as load: a stop file touched before Locust starts would end the test at once."""
+        shutil.rmtree(self.live_dir, ignore_errors=True)  # a killed attempt's markers
         self.cid = self.compose.up("load", self.env)
         self._pid = int(container_state(self.engine, self.cid).get("Pid") or 0)
+        self.started_at = time.time()
+        deadline = time.monotonic() + LOAD_START_TIMEOUT_S
+        while not any(self.live_dir.glob("start.*")) and time.monotonic() < deadline:
+            if not container_state(self.engine, self.cid).get("Running"):
+                return  # the runner's hold reports its exit code
+            time.sleep(0.2)
+        self.started_at = time.time()
 
     def pids(self) -> list[int]:
         return [self._pid] if self._pid else []

@@ -1,5 +1,6 @@
 """Docker mode: images built from the host's wheelhouse, one smoke cell per interface
-(WSGI: sync_gunicorn, ASGI: async_unlimited) through docker/compose.yaml.
+(WSGI: sync_gunicorn, ASGI: async_unlimited) through docker/compose.yaml, and PostgreSQL
+dying mid-cell (the db container's postmaster killed), as tests/test_run.py does locally.
 
 Where no Docker engine (or no base image) can be had, the integration test skips with the
 reason; .ci/run sets one up as root (docker/ci-engine.sh).
@@ -10,16 +11,21 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bench import docker
 from bench.latency.netem import NETEM_LIMIT
+from bench.processes import process_tree
 from bench.variants import discover
 
+PROJECT = "asyncdj-test"  # one compose project (and PostgreSQL template volume) for the tests
 CI_LOG = Path(os.environ.get("BENCH_CI_ENGINE_LOG", "/tmp/asynchronize-django-ci-engine.log"))
 
 
@@ -82,7 +88,7 @@ def engine() -> docker.Engine:
 def test_one_smoke_cell_per_interface_runs_in_containers(engine: docker.Engine,
                                                          tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {**os.environ, "BENCH_COMPOSE_PROJECT": "asyncdj-test"}
+    env = {**os.environ, "BENCH_COMPOSE_PROJECT": PROJECT}
     result = subprocess.run(
         [sys.executable, "-m", "bench", "run", "--docker", "--variants",
          "sync_gunicorn,async_unlimited", "--routes", "io_read", "--latencies", "20",
@@ -104,15 +110,78 @@ def test_one_smoke_cell_per_interface_runs_in_containers(engine: docker.Engine,
         cell = json.loads((folder / "cell.json").read_text())
         assert cell["status"] == "ok", cell["reason"]
         assert cell["mode"] == "docker"
+        assert cell["stopped_by"] in {"precision", "max_hold"}  # the runner's own hold
         assert cell["metrics"]["steady_srps"] > 0
         assert cell["metrics"]["peak_server_rss_mib"] > 0
         assert cell["metrics"]["peak_db_connections"] is not None
         for name in ("stats_history.csv", "stats.csv", "responses.csv", "resources.csv",
                      "server.log"):
             assert (folder / name).is_file(), name
+        assert len((folder / "responses.csv").read_text().splitlines()) > 1
     with (out / "summary.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(r["variant"] for r in rows) == ["async_unlimited", "sync_gunicorn"]
-    leftover = engine.run(["ps", "-q", "--filter", "label=com.docker.compose.project="
-                           "asyncdj-test"], 30).stdout.strip()
-    assert leftover == "", "containers left running"
+    assert _project_containers(engine) == "", "containers left running"
+
+
+def _project_containers(engine: docker.Engine, service: str | None = None) -> str:
+    filters = ["--filter", f"label=com.docker.compose.project={PROJECT}"]
+    if service:
+        filters += ["--filter", f"label=com.docker.compose.service={service}"]
+    return engine.run(["ps", "-q", *filters], 30).stdout.strip()
+
+
+def _kill_postmaster(engine: docker.Engine) -> str:
+    """SIGKILL to the db container's postmaster through its host pid (as root), else the
+    container itself; says which."""
+    db = _project_containers(engine, "db").splitlines()[0]
+    for proc in process_tree(int(docker.container_state(engine, db)["Pid"])):
+        try:
+            cmdline = proc.cmdline()
+        except psutil.Error:
+            continue
+        if cmdline and cmdline[0].endswith("/postgres") and "-D" in cmdline:
+            try:
+                proc.send_signal(signal.SIGKILL)
+                return f"postmaster {proc.pid} killed"
+            except psutil.AccessDenied:
+                break
+    engine.run(["kill", db], 60)
+    return "db container killed"
+
+
+@pytest.mark.integration
+def test_postgres_dying_mid_cell_fails_that_cell_and_the_run_goes_on(engine: docker.Engine,
+                                                                     tmp_path: Path) -> None:
+    """The local test of tests/test_run.py through Docker: PostgreSQL killed during repeat
+    1's load fails that cell with the reason; repeat 2 (a new db container) is measured."""
+    out = tmp_path / "run"
+    env = {**os.environ, "BENCH_COMPOSE_PROJECT": PROJECT}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", "--docker", "--variants", "sync_gunicorn",
+         "--routes", "io_create", "--latencies", "0", "--latency-backend", "none",
+         "--repeats", "2", "--profile", "smoke", "--rows", "2000", "--cpu-loop", "1000",
+         "--out", str(out), "--no-report"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        live = out / "cells" / "sync_gunicorn__io_create__0ms__r1" / ".locust"
+        deadline = time.monotonic() + 900
+        while not any(live.glob("start.*")):  # Locust's test has started in the container
+            assert proc.poll() is None and time.monotonic() < deadline, "no load started"
+            time.sleep(0.2)
+        time.sleep(2)
+        how = _kill_postmaster(engine)
+        _, stderr = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    first = json.loads((out / "cells" / "sync_gunicorn__io_create__0ms__r1" / "cell.json"
+                        ).read_text())
+    second = json.loads((out / "cells" / "sync_gunicorn__io_create__0ms__r2" / "cell.json"
+                         ).read_text())
+    assert first["status"] == "failed" and "PostgreSQL exited" in first["reason"], (how, first)
+    assert first["mode"] == "docker"
+    assert second["status"] == "ok", second["reason"]
+    assert second["metrics"]["steady_srps"] > 0
+    assert _project_containers(engine) == "", "containers left running"
