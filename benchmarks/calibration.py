@@ -72,7 +72,7 @@ def report(folder: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="long",
-                        help="load profile (default long: holds up to 120 s for 5%%)")
+                        help="load profile (default long: holds up to 60 s for 5%%)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-backend", default="auto")
     parser.add_argument("--out", type=Path, help="results folder (default: a temp folder)")
