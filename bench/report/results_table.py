@@ -14,7 +14,7 @@ from bench.report.data import Run
 from bench.report.resources import resource_values
 from bench.report.stats import WIDE_CI_FRACTION, ok_cells, steady_estimate
 from bench.report.study import ROUTE_TITLES
-from bench.report.tables import WIDE_MARK, number, steady_text
+from bench.report.tables import UNSTEADY_MARK, WIDE_MARK, number, steady_text
 
 
 def _provenance(run: Run) -> str:
@@ -53,12 +53,13 @@ def results_table(run: Run, route: str) -> str:
              f"Steady sRPS on `{ROUTE_TITLES.get(route, route + '/')}` (± 95% CI):", "",
              "| " + " | ".join(header) + " |",
              "|---|" + "---:|" * (len(header) - 1)]
-    any_wide = False
+    any_wide = any_unsteady = False
     for column in run.columns:
         label = f"`{column.name}`" + (f" (study: {column.study_label})"
                                       if column.study_label else "")
         steady = [_steady_cell(run, column.name, route, ms) for ms in run.latencies]
         any_wide = any_wide or any(WIDE_MARK in text for text in steady)
+        any_unsteady = any_unsteady or any(UNSTEADY_MARK in text for text in steady)
         peak = peaks.get((column.name, route), {})
         lines.append("| " + " | ".join([
             label, *steady, number(peak.get("peak_db_connections"), 0),
@@ -67,6 +68,9 @@ def results_table(run: Run, route: str) -> str:
               "proportional set size.)"]
     if any_wide:
         lines.append(f"({WIDE_MARK} 95% CI wider than {WIDE_CI_FRACTION:.0%} of the mean.)")
+    if any_unsteady:
+        lines.append(f"({UNSTEADY_MARK} unsteady: the throughput still drifted at the end of "
+                     "the hold.)")
     return "\n".join(lines) + "\n"
 
 
