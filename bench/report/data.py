@@ -50,13 +50,21 @@ class Run:
 
     @property
     def columns(self) -> list[Column]:
-        """Columns in run.json's order, with what their cell.json files say about them."""
+        """Columns with what their cell.json files say about them: the study's setups first,
+        in the study's order (Sync, Async Limited, Async Unlimited), then the others by name
+        (cells run in a shuffled order, so their order says nothing)."""
         seen: dict[str, Column] = {}
         for cell in self.cells:
             known = seen.get(cell.column)
             if known is None or (known.interface is None and cell.interface is not None):
                 seen[cell.column] = Column(cell.column, cell.interface, cell.study_label)
-        return list(seen.values())
+        study = ("Sync", "Async Limited", "Async Unlimited")
+
+        def key(column: Column) -> tuple[int, str]:
+            label = column.study_label
+            return (study.index(label) if label in study else len(study), column.name)
+
+        return sorted(seen.values(), key=key)
 
     @property
     def routes(self) -> list[str]:
