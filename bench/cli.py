@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the benchmark matrix",
                          description="Run every cell (variant x route x latency x repeat) and "
                                      "write results/<run>/ (see results/README.md).")
-    run.add_argument("--variants", type=_names, metavar="A,B", help="variants (default: all)")
+    run.add_argument("--variants", type=_names, metavar="A,B",
+                     help="variants, or `all` (default: those with default_run = true; "
+                          "`python -m bench variants` marks the others with -)")
     run.add_argument("--routes", type=_routes, default=list(ROUTES), metavar="R,R",
                      help=f"routes (default: {','.join(ROUTES)})")
     run.add_argument("--latencies", type=_int_list(0, "latencies"), default=[0, 100, 200],
@@ -271,7 +273,9 @@ def cmd_variants(args: argparse.Namespace) -> int:
     from bench.variants import discover
 
     for variant in discover().values():
-        print(f"{variant.name:<18} {variant.interface:<5} {variant.views:<7} {variant.title}")
+        mark = " " if variant.default_run else "-"
+        print(f"{mark} {variant.name:<22} {variant.interface:<5} {variant.views:<7} "
+              f"{variant.title}")
     return 0
 
 

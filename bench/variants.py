@@ -24,7 +24,7 @@ INTERFACES = ("asgi", "wsgi")
 VIEWS = ("sync", "async", "native")
 PLACEHOLDERS = {"host", "port"}
 TOP_KEYS = {"title", "study_label", "interface", "views", "requires", "command", "description",
-            "postgres", "django"}
+            "default_run", "postgres", "django"}
 POSTGRES_KEYS = {"max_connections"}
 DJANGO_KEYS = {"conn_max_age", "pool", "study_logging"}
 POOL_KEYS = {"min_size", "max_size", "timeout"}
@@ -61,6 +61,9 @@ class Variant:
     conn_max_age: int = 0
     pool: PoolSettings | None = None
     study_logging: bool = False
+    # In the matrix when `bench run` gets no --variants (`--variants all` adds the rest):
+    # keeps the default run near 30 minutes on two cores as variants are added.
+    default_run: bool = True
 
     def server_command(self, host: str, port: int) -> list[str]:
         """The command with {host}/{port} filled; the program resolved in this environment."""
@@ -239,6 +242,7 @@ def parse_variant(path: Path) -> Variant:
         conn_max_age=conn_max_age,
         pool=pool,
         study_logging=_get(django, "study_logging", bool, path, "django.", default=False),
+        default_run=_get(data, "default_run", bool, path, default=True),
     )
 
 
@@ -257,12 +261,15 @@ def discover(folder: Path | None = None) -> dict[str, Variant]:
 
 
 def select(variants: dict[str, Variant], names: list[str] | None) -> list[Variant]:
-    """The variants named (all when None), or a VariantError listing the valid names."""
+    """The variants named; the default run's (default_run = true) when None; every one
+    for ["all"]. A VariantError lists the valid names."""
     if not names:
+        return [v for v in variants.values() if v.default_run]
+    if names == ["all"]:
         return list(variants.values())
     unknown = [n for n in names if n not in variants]
     if unknown:
-        raise VariantError(f"unknown variant {unknown[0]!r}; valid: {', '.join(variants)}")
+        raise VariantError(f"unknown variant {unknown[0]!r}; valid: all, {', '.join(variants)}")
     return [variants[n] for n in names]
 
 

@@ -103,6 +103,17 @@ def test_select_lists_the_valid_names() -> None:
     assert [v.name for v in select(variants, ["sync_gunicorn"])] == ["sync_gunicorn"]
 
 
+def test_default_run_false_leaves_a_variant_out_of_the_default_matrix(tmp_path: Path) -> None:
+    write_variant(tmp_path, "in_default", GOOD)
+    write_variant(tmp_path, "opt_in", "default_run = false\n" + GOOD)
+    variants = discover(tmp_path)
+    assert [v.name for v in select(variants, None)] == ["in_default"]
+    assert [v.name for v in select(variants, ["all"])] == ["in_default", "opt_in"]
+    assert [v.name for v in select(variants, ["opt_in"])] == ["opt_in"]
+    with pytest.raises(VariantError, match="default_run.*must be bool"):
+        parse_variant(write_variant(tmp_path, "bad", 'default_run = "no"\n' + GOOD))
+
+
 def test_pool_settings_and_sweep_overrides(tmp_path: Path) -> None:
     text = GOOD.replace("pool = false", "pool = { min_size = 4, max_size = 20, timeout = 5 }")
     variant = parse_variant(write_variant(tmp_path, "pooled", text))
