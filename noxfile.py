@@ -66,7 +66,8 @@ def tests(session: nox.Session) -> None:
     install_bench(session, "test")
     install_chromium(session)
     install_uml(session)
-    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]))
+    # --durations: CI's log names the slowest tests (the suite's time is a goal, issue 12)
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q", "--durations=15"]))
 
 
 @nox.session

@@ -316,6 +316,8 @@ class DockerRunner(Runner):
     the runner's: this class only starts and stops what a cell measures."""
 
     mode = "docker"
+    # The backend's reason until prepare() has built the images and probed netem in one.
+    PROBE_PENDING = "probed in a container once the images are built"
 
     def __init__(self, config: RunConfig, base_image: str | None = None) -> None:
         if config.target:
@@ -347,7 +349,8 @@ class DockerRunner(Runner):
                 "BENCH_DB_PASSWORD": self.password}
 
     def prepare(self) -> None:
-        """Wheelhouse, base image and the variants' images (once per run)."""
+        """Wheelhouse, base image and the variants' images, then the latency probe that
+        runs in one of them (once per run, at its start: not in the constructor)."""
         if self._prepared:
             return
         t0 = time.monotonic()
@@ -359,9 +362,13 @@ class DockerRunner(Runner):
         build_images(Compose(self.engine, self.project, proxy=False), self.base_env(),
                      [cell.variant.name for cell in self.cells])
         console.print(f"docker: images ready in {time.monotonic() - t0:.0f} s")
+        if self.backend_reason == self.PROBE_PENDING:
+            self.backend, self.backend_reason = self._probe_latency()
+            self.compose = Compose(self.engine, self.project, proxy=self.backend == "proxy")
         self._prepared = True
 
     def _resolve_latency(self) -> tuple[str, str]:
+        """What can be known without images; auto and netem wait for prepare()."""
         requested = self.config.latency_backend
         if requested == "none":
             return "none", "no latency injected (--latency-backend none)"
@@ -369,7 +376,10 @@ class DockerRunner(Runner):
             return "proxy", "requested (--latency-backend proxy): proxy sidecar container"
         if requested not in ("auto", "netem"):
             raise RunError(f"unknown latency backend {requested!r}")
-        self.prepare()
+        return requested, self.PROBE_PENDING
+
+    def _probe_latency(self) -> tuple[str, str]:
+        requested = self.config.latency_backend
         problem = netem_problem(self.engine)
         if requested == "netem":
             if problem:

@@ -272,6 +272,10 @@ class Runner:
         """(backend, why) for this run; Docker mode probes inside its containers instead."""
         return resolve_backend(self.config.latency_backend)
 
+    def prepare(self) -> None:
+        """Slow work before the first cell, kept out of the constructor (Docker mode: the
+        images, then the latency probe that needs them). Nothing to do locally."""
+
     def _out_dir(self) -> Path:
         if self.config.resume:
             folder = self.config.resume
@@ -339,6 +343,7 @@ class Runner:
         }
 
     def run(self) -> int:
+        self.prepare()
         started = now_iso()
         if self.run_json.exists():
             started = read_json(self.run_json).get("started_at", started)
