@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_report import XSS, cell_id, make_results
+from test_report import MISSING, XSS, cell_id, make_results
 
+from bench.report import build_report
 from bench.report.choose import Choice, choice_sentences, choose
 from bench.report.data import load_run
 from bench.report.stats import steady_estimate, t_interval
@@ -146,3 +147,25 @@ def test_a_column_that_ran_but_has_no_steady_srps_is_named(tmp_path: Path) -> No
     sentences = choice_sentences(choice_of(folder, "cpu", 0))
     assert sentences[-1] == "Not compared: sync_gunicorn (no steady sRPS: 0 successful requests)."
 
+
+def test_the_section_opens_the_report_with_a_figure_per_route_and_is_escaped(
+        tmp_path: Path) -> None:
+    folder = make_results(tmp_path / "run")
+    trade_off(folder)
+    paths = build_report(folder)
+    names = {p.name for p in paths}
+    assert {"choose_cpu.png", "choose_io_create.png", "choose_cpu.svg"} <= names
+    md = (folder / "report.md").read_text()
+    assert md.index("## What to choose") < md.index("## Summary")
+    section = md[md.index("## What to choose"):md.index("## Summary")]
+    assert "![io_create/: steady sRPS against peak DB connections" in section
+    assert ("- io_create/ at 0 ms: on the Pareto front of steady sRPS, p99, peak server + DB "
+            "MiB and peak DB connections: sync_gunicorn, async_unlimited. Dominated: "
+            "async_uvicorn (by sync_gunicorn, async_unlimited).") in section
+    assert MISSING.startswith("async_uvicorn__cpu__100ms")
+    assert ("- cpu/ at 100 ms: on the Pareto front" in section
+            and "Not compared: async_uvicorn (missing: no cell.json)." in section)
+    html = (folder / "report.html").read_text()
+    top = html[html.index("<h2>What to choose</h2>"):html.index('<section class="summary">')]
+    assert top.count("<img") == 2
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in top and XSS not in html
