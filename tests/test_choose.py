@@ -11,7 +11,7 @@ import pytest
 from test_report import MISSING, XSS, cell_id, make_results
 
 from bench.report import build_report
-from bench.report.choose import Choice, choice_sentences, choose
+from bench.report.choose import Choice, choice_sentences, choose, winner_sentence
 from bench.report.data import load_run
 from bench.report.stats import steady_estimate, t_interval
 
@@ -169,3 +169,15 @@ def test_the_section_opens_the_report_with_a_figure_per_route_and_is_escaped(
     top = html[html.index("<h2>What to choose</h2>"):html.index('<section class="summary">')]
     assert top.count("<img") == 2
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in top and XSS not in html
+
+
+def test_a_tie_on_srps_is_said_and_not_separated(tmp_path: Path) -> None:
+    folder = make_results(tmp_path / "run")
+    edit_cell(folder, "async_unlimited", "cpu", 0, steady_srps=10.0,
+              steady_srps_ci95=[10.0, 10.0])
+    edit_cell(folder, "sync_gunicorn", "cpu", 0, steady_srps_ci95=[10.0, 10.0])
+    winner = choice_of(folder, "cpu", 0).winner
+    assert winner is not None and winner.separated is False
+    assert winner_sentence(winner).startswith(
+        "Highest steady sRPS: sync_gunicorn, 10.0 (95% CI 10.0 to 10.0, within the cell), "
+        "level with the runner-up async_unlimited at 10.0")

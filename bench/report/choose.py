@@ -170,9 +170,10 @@ def winner_sentence(winner: Winner) -> str:
     margin = best.srps.mean - second.srps.mean
     relative = (f" ({best.srps.mean / second.srps.mean:.2f}x)" if second.srps.mean > 0
                 else "")
-    text = (f"{head}, ahead of the runner-up {second.label}{second.repeats_note} at "
-            f"{number(second.srps.mean)} ({_interval(second.srps)}) by {number(margin)} "
-            f"sRPS{relative}")
+    other = (f"the runner-up {second.label}{second.repeats_note} at "
+             f"{number(second.srps.mean)} ({_interval(second.srps)})")
+    text = (f"{head}, level with {other} (the first in column order is named)" if margin == 0
+            else f"{head}, ahead of {other} by {number(margin)} sRPS{relative}")
     if winner.separated is None:
         return text + "; without both intervals this run cannot say whether it is separated."
     if winner.separated:
