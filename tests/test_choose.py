@@ -64,8 +64,8 @@ def test_a_column_better_on_one_axis_stays_on_the_front_one_worse_on_all_four_do
             found.winner.runner_up.column, found.winner.separated) == (
         "async_unlimited", "sync_gunicorn", True)
     assert choice_sentences(found)[:3] == [
-        "io_create/ at 0 ms: on the Pareto front of steady sRPS, p99, peak server + DB MiB "
-        "and peak DB connections: sync_gunicorn, async_unlimited.",
+        "io_create/ at 0 ms: Pareto front (steady sRPS, p99, peak server + DB MiB, peak DB "
+        "connections): sync_gunicorn, async_unlimited.",
         "Dominated: async_uvicorn (by sync_gunicorn, async_unlimited).",
         "Highest steady sRPS: async_unlimited, 120.0 (95% CI 110.0 to 130.0, within the "
         "cell), ahead of the runner-up sync_gunicorn at 100.0 (95% CI 95.0 to 105.0, within "
@@ -130,7 +130,7 @@ def test_failed_unsteady_and_incomplete_columns_are_named(tmp_path: Path) -> Non
     assert [p.column for p in found.incomplete] == ["sync_gunicorn"]
     assert found.front == ["async_unlimited"]  # alone: sync_gunicorn lacks p99
     sentences = choice_sentences(found)
-    assert sentences[0].endswith("peak DB connections: async_unlimited ‡.")
+    assert sentences[0].endswith("peak DB connections): async_unlimited ‡.")
     assert "Left out of the front for lack of a figure: sync_gunicorn (no p99)." in sentences
     assert ("‡ never settled, compared as measured (an average over a drift, not a steady "
             "state): async_unlimited.") in sentences
@@ -159,11 +159,11 @@ def test_the_section_opens_the_report_with_a_figure_per_route_and_is_escaped(
     assert md.index("## What to choose") < md.index("## Summary")
     section = md[md.index("## What to choose"):md.index("## Summary")]
     assert "![io_create/: steady sRPS against peak DB connections" in section
-    assert ("- io_create/ at 0 ms: on the Pareto front of steady sRPS, p99, peak server + DB "
-            "MiB and peak DB connections: sync_gunicorn, async_unlimited. Dominated: "
+    assert ("- io_create/ at 0 ms: Pareto front (steady sRPS, p99, peak server + DB MiB, "
+            "peak DB connections): sync_gunicorn, async_unlimited. Dominated: "
             "async_uvicorn (by sync_gunicorn, async_unlimited).") in section
     assert MISSING.startswith("async_uvicorn__cpu__100ms")
-    assert ("- cpu/ at 100 ms: on the Pareto front" in section
+    assert ("- cpu/ at 100 ms: Pareto front" in section
             and "Not compared: async_uvicorn (missing: no cell.json)." in section)
     html = (folder / "report.html").read_text()
     top = html[html.index("<h2>What to choose</h2>"):html.index('<section class="summary">')]

@@ -190,8 +190,8 @@ def choice_sentences(choice: Choice) -> list[str]:
         labels = {p.column: p.label for p in choice.points}
         if choice.front:
             front = ", ".join(labels[c] for c in choice.front)
-            out = [f"{where}: on the Pareto front of steady sRPS, p99, peak server + DB MiB "
-                   f"and peak DB connections: {front}."]
+            out = [f"{where}: Pareto front (steady sRPS, p99, peak server + DB MiB, "
+                   f"peak DB connections): {front}."]
         else:
             out = [f"{where}: no column has all four figures, so there is no Pareto front."]
         if choice.dominated:
