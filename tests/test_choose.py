@@ -107,6 +107,8 @@ def test_with_repeats_the_intervals_are_across_repeats(tmp_path: Path) -> None:
         data = json.loads((first / "cell.json").read_text())
         data.update(cell_id=data["cell_id"].replace("__r1", "__r2"), repeat=2)
         data["metrics"].update(steady_srps=steady, steady_srps_ci95=ci)
+        if column == "async_uvicorn":
+            data.update(status="failed", reason="server exited with code 1")
         (folder / "cells" / data["cell_id"]).mkdir()
         (folder / "cells" / data["cell_id"] / "cell.json").write_text(json.dumps(data))
         run["cells"].append(data["cell_id"])
@@ -117,6 +119,9 @@ def test_with_repeats_the_intervals_are_across_repeats(tmp_path: Path) -> None:
         t_interval([120.0, 110.0]))
     assert found.winner.separated is False
     assert found.front == ["sync_gunicorn", "async_unlimited"]
+    # async_uvicorn rests on its one successful repeat, and says so.
+    assert choice_sentences(found)[1] == ("Dominated: async_uvicorn (1 of 2 repeats) (by "
+                                          "sync_gunicorn, async_unlimited).")
     low, high = t_interval([120.0, 110.0]) or (0, 0)
     assert (f"Highest steady sRPS: async_unlimited, 115.0 (95% CI {low:,.1f} to "
             f"{high:,.1f}, across 2 repeats)") in choice_sentences(found)[2]

@@ -58,7 +58,8 @@ class Point:
 
     @property
     def label(self) -> str:
-        return self.column + (f" {UNSTEADY_MARK}" if self.srps.unsteady else "")
+        return self.column + (f" {UNSTEADY_MARK}" if self.srps.unsteady else "") + \
+            self.repeats_note
 
 
 def dominates(a: Point, b: Point) -> bool:
@@ -163,14 +164,14 @@ def _interval(estimate: Estimate) -> str:
 
 def winner_sentence(winner: Winner) -> str:
     best, second = winner.best, winner.runner_up
-    head = (f"Highest steady sRPS: {best.label}{best.repeats_note}, "
+    head = (f"Highest steady sRPS: {best.label}, "
             f"{number(best.srps.mean)} ({_interval(best.srps)})")
     if second is None:
         return head + "; no other column has a steady sRPS to compare it with."
     margin = best.srps.mean - second.srps.mean
     relative = (f" ({best.srps.mean / second.srps.mean:.2f}x)" if second.srps.mean > 0
                 else "")
-    other = (f"the runner-up {second.label}{second.repeats_note} at "
+    other = (f"the runner-up {second.label} at "
              f"{number(second.srps.mean)} ({_interval(second.srps)})")
     text = (f"{head}, level with {other} (the first in column order is named)" if margin == 0
             else f"{head}, ahead of {other} by {number(margin)} sRPS{relative}")
