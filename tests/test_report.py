@@ -215,7 +215,7 @@ def test_html_escapes_strings_from_files(report: tuple[Path, list[Path]]) -> Non
 def test_html_is_self_contained(report: tuple[Path, list[Path]]) -> None:
     html = (report[0] / "report.html").read_text()
     sources = re.findall(r"<img[^>]*\bsrc=\"([^\"]*)\"", html)
-    assert len(sources) == len(CELLS) + 2
+    assert len(sources) == len(CELLS) + 4  # + interaction, resources, 2 routes' choices
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r"<(link|script)[^>]*\b(src|href)=", html)
     assert "url(" not in html and "@import" not in html
@@ -361,7 +361,7 @@ def test_html_renders_in_headless_chromium_with_every_figure(
     assert len(colours) > 200, f"page looks blank: {len(colours)} colours"
     dom = chromium("--virtual-time-budget=5000", "--dump-dom", html.as_uri(), tmp=tmp_path)
     assert 'data-images="loaded"' in dom.stdout, dom.stderr[-2000:]
-    assert f'data-image-count="{len(CELLS) + 2}"' in dom.stdout
+    assert f'data-image-count="{len(CELLS) + 4}"' in dom.stdout
 
 
 # -- a real run ----------------------------------------------------------------------------

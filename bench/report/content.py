@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.report import plots
+from bench.report.choose import METHOD as CHOOSE_METHOD
+from bench.report.choose import choice_sentences, choose
 from bench.report.data import Run
 from bench.report.interaction import (
     INTERACTION_METHOD,
@@ -54,8 +56,19 @@ class CellFigure:
 
 
 @dataclass
+class RouteChoice:
+    """What to choose on one route: the figure and, per latency, the sentences."""
+
+    route: str
+    figure: Figure | None
+    latencies: list[tuple[int, list[str]]]
+
+
+@dataclass
 class Report:
     title: str
+    choices: list[RouteChoice]
+    choose_method: str
     summary: list[str]
     verdict_lines: list[str]
     what_ran: list[tuple[str, str]]
@@ -215,6 +228,21 @@ class Builder:
                                   note))
         return out
 
+    def choices(self) -> list[RouteChoice]:
+        out = []
+        for route in self.routes:
+            found = [choose(self.run, self.estimates, route, latency)
+                     for latency in self.latencies]
+            figure = None
+            if any(c.points for c in found):
+                figure = self._figure(
+                    plots.choose_figure(route, self.columns, found, self.figures_dir),
+                    f"{route}/: steady sRPS against peak DB connections and against peak "
+                    "server + DB MiB, one panel per latency")
+            out.append(RouteChoice(route, figure,
+                                   [(c.latency_ms, choice_sentences(c)) for c in found]))
+        return out
+
     def build(self) -> Report:
         interaction_fig = None
         if self.estimates:
@@ -236,6 +264,8 @@ class Builder:
                          for v in verdicts]
         report = Report(
             title=f"Asynchronize-Django run {self.run.info.get('run_id', self.run.folder.name)}",
+            choices=self.choices(),
+            choose_method=CHOOSE_METHOD,
             summary=sentences,
             verdict_lines=verdict_lines,
             what_ran=self.what_ran(),

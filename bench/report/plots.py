@@ -14,7 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
+from bench.report.choose import Choice  # noqa: E402
 from bench.report.series import Series  # noqa: E402
 from bench.report.stats import Estimate  # noqa: E402
 
@@ -134,6 +136,55 @@ def resources_figure(columns: list[str], routes: list[str],
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.1 + 0.05 * (len(labels) // 5), 1, 1))
     return save(fig, folder, "resources")
+
+
+def choose_figure(route: str, columns: list[str], choices: list[Choice], folder: Path
+                  ) -> list[Path]:
+    """Steady sRPS against peak DB connections (top) and peak server + DB MiB (bottom), one
+    panel per latency; front columns filled, dominated or incomplete ones hollow."""
+    fig, axes = plt.subplots(2, len(choices), figsize=(3.4 * len(choices) + 0.6, 5.6),
+                             squeeze=False)
+    panels = [("db_connections", "peak DB connections"),
+              ("server_db_mib", "peak server + DB MiB")]
+    for col, choice in enumerate(choices):
+        srps = [p.srps.mean for p in choice.points]
+        for row, (key, xlabel) in enumerate(panels):
+            ax = axes[row][col]
+            xs: list[float] = []
+            for point in choice.points:
+                x = getattr(point, key)
+                if x is None:
+                    continue
+                xs.append(x)
+                index = columns.index(point.column)
+                on_front = point.column in choice.front
+                ax.plot([x], [point.srps.mean], marker="o", markersize=7, linestyle="none",
+                        color=colour(index), markerfacecolor=colour(index) if on_front
+                        else "none", markeredgewidth=1.5)
+            if needs_log_scale(xs):
+                ax.set_xscale("log")
+            if needs_log_scale(srps):
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=0)
+            ax.set_xlabel(xlabel)
+            if col == 0:
+                ax.set_ylabel("steady sRPS")
+            if row == 0:
+                ax.set_title(f"{route}/ at {choice.latency_ms} ms")
+            if not choice.points:
+                ax.text(0.5, 0.5, "no steady sRPS", transform=ax.transAxes, ha="center",
+                        va="center", color="#777777")
+    shown = {p.column for choice in choices for p in choice.points}
+    ordered = [c for c in columns if c in shown]
+    if ordered:  # one filled marker per column, whatever its state in the panels
+        fig.legend([Line2D([], [], marker="o", linestyle="none", color=colour(
+            columns.index(c))) for c in ordered], ordered, loc="lower center",
+            ncol=min(len(ordered), 4), frameon=False)
+    fig.suptitle(f"{route}/: steady sRPS against what it costs (filled: on the Pareto "
+                 "front; hollow: dominated or lacking a figure)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(ordered) + 3) // 4), 1, 1))
+    return save(fig, folder, f"choose_{safe_name(route)}")
 
 
 @dataclass(frozen=True)
