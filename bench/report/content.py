@@ -26,7 +26,6 @@ from bench.report.stats import (
     WIDE_CI_FRACTION,
     calibration_sentence,
     repeat_pairs,
-    steady_estimate,
 )
 from bench.report.study import Comparison, Verdict
 from bench.report.tables import (
@@ -34,6 +33,7 @@ from bench.report.tables import (
     Table,
     comparison_table,
     matrix_table,
+    run_estimates,
     steady_method,
 )
 
@@ -84,13 +84,7 @@ class Builder:
         self.columns = [c.name for c in run.columns]
         self.routes = run.routes
         self.latencies = run.latencies
-        self.estimates: Estimates = {}
-        for column in self.columns:
-            for route in self.routes:
-                for latency in self.latencies:
-                    estimate = steady_estimate(run.group(column, route, latency))
-                    if estimate is not None:
-                        self.estimates[column, route, latency] = estimate
+        self.estimates: Estimates = run_estimates(run)
         self.files: list[Path] = []
 
     # -- what ran ------------------------------------------------------------------------
