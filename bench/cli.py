@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="compare two runs cell by cell: what changed beyond the noise",
         description="Match BASE's and NEW's cells by column, route and latency (repeats may "
                     "differ); per matched cell, steady sRPS and p99 on both sides, NEW/BASE "
-                    "with its 95%% interval and a verdict (faster, slower, not significant) "
+                    "with its 95% interval and a verdict (faster, slower, not significant) "
                     "from Welch's t-test on the two steady sRPS estimates (across repeats "
                     "where a side has several, else the cell's batch-means interval). Also "
                     "the three-way interaction and the study's conclusions of each run, "
@@ -279,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "that breaks the comparison (latency backend, profile, machine, machine "
                     "speed beyond its calibration noise, cpu/ loop). Prints the tables and "
                     "writes compare.md, compare.html (self-contained) and "
-                    "figures/compare_ratios.png into --out. Exit code: 0; 1 with "
-                    "--fail-on-regression when a cell is slower; 2 for a folder that is not "
-                    "a run or two runs with no cell in common.")
+                    "figures/compare_ratios.png into --out. Exit code 0; 1 with "
+                    "--fail-on-regression when a matched cell is significantly slower by "
+                    "more than --min-change; 2 for a folder that is not a run, or two runs "
+                    "with no cell in common.")
     compare.add_argument("base", type=_results_folder, metavar="BASE",
                          help="the results folder to compare against")
     compare.add_argument("new", type=_results_folder, metavar="NEW",
