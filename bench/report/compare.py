@@ -185,11 +185,16 @@ class MetaRow:
         return self.base != self.new
 
 
-def _profile_text(profile: Any) -> str:
+def _profile(info: dict[str, Any]) -> dict[str, Any]:
+    """The run's profile without its description (format 1 runs name it in config only)."""
+    profile = info.get("profile")
     if not isinstance(profile, dict):
-        return "?"
-    fields = ", ".join(f"{k} {v}" for k, v in profile.items() if k not in ("name",
-                                                                            "description"))
+        return {"name": (info.get("config") or {}).get("profile", "?")}
+    return {k: v for k, v in profile.items() if k != "description"}
+
+
+def _profile_text(profile: dict[str, Any]) -> str:
+    fields = ", ".join(f"{k} {v}" for k, v in profile.items() if k != "name")
     return f"{profile.get('name', '?')} ({fields})"
 
 
@@ -227,7 +232,7 @@ def metadata_rows(base: dict[str, Any], new: dict[str, Any]) -> list[MetaRow]:
         both("Python", lambda i: str((i.get("machine") or {}).get("python", "?"))),
         both("PostgreSQL", lambda i: str(i.get("postgres_version") or "?")),
         both("latency backend", lambda i: str(i.get("latency_backend", "?"))),
-        both("profile", lambda i: _profile_text(i.get("profile"))),
+        both("profile", lambda i: _profile_text(_profile(i))),
         both("repeats", lambda i: str((i.get("config") or {}).get("repeats", "?"))),
         both("cpu/ loop", lambda i: str((i.get("cpu_work") or {}).get("loop", "?"))),
     ]
@@ -270,8 +275,7 @@ def warnings_of(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
         found.append(f"latency backend differs: BASE {backends[0]}, NEW {backends[1]}; the "
                      "proxy does not delay TCP handshakes, netem does, so latency cells "
                      "measure different things")
-    profiles = [{k: v for k, v in (info.get("profile") or {}).items() if k != "description"}
-                for info in (base, new)]
+    profiles = [_profile(base), _profile(new)]
     if profiles[0] != profiles[1]:
         found.append(f"profile differs: BASE {_profile_text(profiles[0])}, NEW "
                      f"{_profile_text(profiles[1])}; users and hold lengths shape sRPS")
