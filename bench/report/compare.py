@@ -35,6 +35,7 @@ from typing import Any
 from scipy import stats
 
 from bench.report import ReportError
+from bench.report.content import what_ran
 from bench.report.data import Run
 from bench.report.interaction import interactions
 from bench.report.stats import CONFIDENCE, Estimate, Interaction, mean_metric, ok_cells, ratio
@@ -212,34 +213,28 @@ def _machine_text(machine: Any) -> str:
             f"{machine.get('memory_gib', '?')} GiB")
 
 
-def metadata_rows(base: dict[str, Any], new: dict[str, Any]) -> list[MetaRow]:
-    def both(key: str, text: Any) -> MetaRow:
-        return MetaRow(key, text(base), text(new))
-
-    def commit(info: dict[str, Any]) -> str:
-        sha = info.get("git_commit")
-        return "unknown" if not sha else str(sha)[:12] + (" (dirty)" if info.get("git_dirty")
-                                                          else "")
-
-    rows = [
-        both("run", lambda i: f"{i.get('run_id', '?')} ({i.get('status', '?')})"),
-        both("started", lambda i: str(i.get("started_at", "?"))),
-        both("git commit", commit),
-        both("mode", lambda i: str(i.get("mode", "local"))),
-        both("machine", lambda i: _machine_text(i.get("machine"))),
-        both("kernel", lambda i: str((i.get("machine") or {}).get("kernel", "?"))),
-        both("machine speed", lambda i: _calibration_text(i.get("machine_calibration"))),
-        both("Python", lambda i: str((i.get("machine") or {}).get("python", "?"))),
-        both("PostgreSQL", lambda i: str(i.get("postgres_version") or "?")),
-        both("latency backend", lambda i: str(i.get("latency_backend", "?"))),
-        both("profile", lambda i: _profile_text(_profile(i))),
-        both("repeats", lambda i: str((i.get("config") or {}).get("repeats", "?"))),
-        both("cpu/ loop", lambda i: str((i.get("cpu_work") or {}).get("loop", "?"))),
-    ]
-    packages = sorted(set(base.get("packages") or {}) | set(new.get("packages") or {}))
-    for name in packages:
-        rows.append(both(name, lambda i, name=name: str((i.get("packages") or {}).get(
-            name, "not installed"))))
+def metadata_rows(base: Run, new: Run) -> list[MetaRow]:
+    """The report's "What ran" of both runs, line by line, with the packages one a line,
+    the profile without its prose, and what the report does not list: the machine's
+    speed, the cpu/ loop and the mode."""
+    lines = [dict(what_ran(base)), dict(what_ran(new))]
+    extra = [{"machine speed": _calibration_text(run.info.get("machine_calibration")),
+              "cpu/ loop": str((run.info.get("cpu_work") or {}).get("loop", "?")),
+              "mode": str(run.info.get("mode", "local")),
+              "profile": _profile_text(_profile(run.info))} for run in (base, new)]
+    rows = []
+    for key in [*lines[0], *(k for k in lines[1] if k not in lines[0])]:
+        if key == "packages":
+            packages = [run.info.get("packages") or {} for run in (base, new)]
+            rows += [MetaRow(name, str(packages[0].get(name, "not installed")),
+                             str(packages[1].get(name, "not installed")))
+                     for name in sorted(set(packages[0]) | set(packages[1]))]
+            continue
+        values = [extra[i].get(key, lines[i].get(key, "n/a")) for i in (0, 1)]
+        rows.append(MetaRow(key, values[0], values[1]))
+        if key == "machine":
+            rows += [MetaRow(k, extra[0][k], extra[1][k]) for k in ("machine speed",
+                                                                   "cpu/ loop", "mode")]
     return rows
 
 
@@ -434,7 +429,7 @@ def compare_runs(base: Run, new: Run, min_change: float = 0.0) -> RunComparison:
         base_only_cells=[_label(k) for k in base_keys if k[0] in shared and k not in matched],
         new_only_cells=[_label(k) for k in new_keys if k[0] in shared and k not in
                         set(base_keys)],
-        metadata=metadata_rows(base.info, new.info),
+        metadata=metadata_rows(base, new),
         warnings=warnings_of(base.info, new.info),
         interactions=changes, interaction_notes=interaction_notes,
         verdicts=verdict_changes(base, new))

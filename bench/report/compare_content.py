@@ -89,7 +89,7 @@ def cells_table(comparison: RunComparison) -> Table:
          "time; shown, not tested (cells record no interval for it)."])
 
 
-TERMINAL_METADATA = ("run", "git commit", "latency backend", "profile")
+TERMINAL_METADATA = ("run", "git commit", "latency backend")
 
 
 def metadata_table(comparison: RunComparison, brief: bool = False) -> Table:
