@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from bench.signals import signals_interrupt
 from bench.verify import ROUTES
@@ -146,6 +147,12 @@ def _add_pg(parser: argparse.ArgumentParser) -> None:
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (exit code 2) instead of usage + error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # "--min-change -5%": read -5% as a (bad) value, not as an unknown option, so the
+        # error says what is wrong with it (Python 3.13's argparse does this itself).
+        self._negative_number_matcher = re.compile(r"^-\d+%?$|^-\d*\.\d+%?$")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

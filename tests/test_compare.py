@@ -327,8 +327,9 @@ def test_exit_codes_of_the_gate(tmp_path: Path) -> None:
     (["{tmp}/nothing", "{base}"], "is not a results folder (no run.json)"),
     (["{base}", "{other}"], "no cell in common"),
     (["{base}", "{base}", "--min-change", "abc"], "--min-change: must be a fraction"),
-    # "--min-change -5%" reads -5% as an option (argparse): "expected one argument"
-    (["{base}", "{base}", "--min-change=-5%"], "--min-change: must be a fraction"),
+    (["{base}", "{base}", "--min-change", "-5%"], "must be a fraction in [0, 1) such as "
+                                                  "0.05 or 5%, got '-5%'"),
+    (["{base}", "{base}", "--min-change=-0.05"], "--min-change: must be a fraction"),
     (["{base}", "{base}", "--min-change", "100%"], "--min-change: must be a fraction"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, args: list[str],

@@ -87,6 +87,7 @@ def welch_test(base: Estimate, new: Estimate) -> Welch | None:
         p_value = 1.0 if difference == 0 else 0.0
         return Welch(difference, 0.0, float(base.df + new.df), p_value, difference,
                      difference)
+    # scipy's t, not steady.t_quantile: Welch's degrees of freedom are not whole.
     df = variance ** 2 / (se_base ** 4 / base.df + se_new ** 4 / new.df)
     se = math.sqrt(variance)
     p_value = float(2 * stats.t.sf(abs(difference) / se, df))
