@@ -49,7 +49,8 @@ def run_estimates(run: Run) -> Estimates:
 class TableCell:
     text: str
     numeric: bool = False
-    state: str = ""  # "", "missing", "failed", "wide": a CSS class in report.html
+    # a CSS class: "missing", "failed", "wide"; in compare.html also "faster", "slower", "differs"
+    state: str = ""
 
 
 @dataclass
