@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from scipy import stats
-from test_report import make_results  # the first round's hand-made run
+from test_report import CHROMIUM, chromium, make_results  # the report's helpers
 
 from bench.record import CellMetrics, CellRecord
 from bench.report import ReportError, read_run, write_comparison
@@ -306,6 +306,17 @@ def test_files_escape_what_the_runs_say_and_html_is_self_contained(tmp_path: Pat
     assert "| sync_gunicorn | io_create/ | 0 | 100.0 ± 2.0 | 120.0 ± 2.0 | 1.20 (" in md
     assert "| faster |" in md
     assert "![" in md and "(figures/compare_ratios.png)" in md
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_html_opens_in_headless_chromium_with_its_figure(tmp_path: Path) -> None:
+    base = make_run(tmp_path / "base")
+    new = make_run(tmp_path / "new", changed(SYNC_IO, 120.0))
+    write_comparison(base, new)
+    dom = chromium("--virtual-time-budget=5000", "--dump-dom", (new / "compare.html").as_uri(),
+                   tmp=tmp_path)
+    assert 'data-images="loaded"' in dom.stdout, dom.stderr[-2000:]
+    assert 'data-image-count="1"' in dom.stdout
 
 
 def test_exit_codes_of_the_gate(tmp_path: Path) -> None:
