@@ -1,4 +1,4 @@
-"""The lab's entry points: bench (main job), tests, lint, report, bench_docker."""
+"""The lab's entry points: bench (main job), tests, lint, report, compare, bench_docker."""
 
 from __future__ import annotations
 
@@ -85,3 +85,13 @@ def report(session: nox.Session) -> None:
     if not session.posargs:
         session.error("give the results folder: nox -s report -- results/NAME")
     session.run("python", "-m", "bench", "report", *session.posargs)
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """Compare two runs: nox -s compare -- results/BASE results/NEW [--min-change 5%]
+    [--fail-on-regression] [--out DIR]. Exit code 1 on a regression when asked."""
+    install_bench(session)
+    if not session.posargs:
+        session.error("give two results folders: nox -s compare -- results/BASE results/NEW")
+    session.run("python", "-m", "bench", "compare", *session.posargs)

@@ -1,4 +1,4 @@
-"""python -m bench {variants,requirements,serve,run,report,table,db,load}.
+"""python -m bench {variants,requirements,serve,run,report,table,compare,db,load}.
 
 User errors (a bad variant.toml, an unknown route, missing PostgreSQL binaries...) end
 with one line on stderr and exit code 2, never a traceback.
@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from bench.signals import signals_interrupt
 from bench.verify import ROUTES
@@ -147,6 +148,12 @@ def _add_pg(parser: argparse.ArgumentParser) -> None:
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (exit code 2) instead of usage + error."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # "--min-change -5%": read -5% as a (bad) value, not as an unknown option, so the
+        # error says what is wrong with it (Python 3.13's argparse does this itself).
+        self._negative_number_matcher = re.compile(r"^-\d+%?$|^-\d*\.\d+%?$")
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -266,6 +273,37 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("results", type=_results_folder, metavar="RESULTS_DIR")
     table.add_argument("--route", choices=ROUTES, default="io_create",
                        help="the route (default: io_create)")
+
+    compare = sub.add_parser(
+        "compare", help="compare two runs cell by cell: what changed beyond the noise",
+        description="Match BASE's and NEW's cells by column, route and latency (repeats may "
+                    "differ); per matched cell, steady sRPS and p99 on both sides, NEW/BASE "
+                    "with its 95% interval and a verdict (faster, slower, not significant) "
+                    "from Welch's t-test on the two steady sRPS estimates (across repeats "
+                    "where a side has several, else the cell's batch-means interval). Also "
+                    "the three-way interaction and the study's conclusions of each run, "
+                    "and the two runs' metadata with a warning where they differ in a way "
+                    "that breaks the comparison (latency backend, profile, machine, machine "
+                    "speed beyond its calibration noise, cpu/ loop). Prints the tables and "
+                    "writes compare.md, compare.html (self-contained) and "
+                    "figures/compare_ratios.png into --out. Exit code 0; 1 with "
+                    "--fail-on-regression when a matched cell is significantly slower by "
+                    "more than --min-change; 2 for a folder that is not a run, or two runs "
+                    "with no cell in common.")
+    compare.add_argument("base", type=_results_folder, metavar="BASE",
+                         help="the results folder to compare against")
+    compare.add_argument("new", type=_results_folder, metavar="NEW",
+                         help="the results folder compared with BASE")
+    compare.add_argument("--min-change", type=_fraction, default=0.0, metavar="FRACTION",
+                         help="a significant change of at most this fraction of BASE's steady "
+                              "sRPS is reported as not significant, e.g. 5%% or 0.05 (default "
+                              "0: any significant change counts)")
+    compare.add_argument("--fail-on-regression", action="store_true",
+                         help="exit 1 when any matched cell is significantly slower by more "
+                              "than --min-change")
+    compare.add_argument("--out", type=Path, metavar="DIR",
+                         help="folder for compare.md, compare.html and figures/ (default: "
+                              "NEW)")
     return parser
 
 
@@ -426,9 +464,31 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from bench.report import write_comparison
+    from bench.report.terminal import print_compare
+
+    comparison, report, paths = write_comparison(args.base, args.new, args.min_change,
+                                                 args.out)
+    # Piped or redirected: wide enough for the cell table instead of rich's 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    print_compare(report, console)
+    for path in paths[:2]:
+        print(path)
+    regressions = comparison.regressions
+    if args.fail_on_regression and regressions:
+        print(f"regression: {len(regressions)} cell(s) significantly slower by more than "
+              f"{args.min_change:.0%}: " + ", ".join(c.label for c in regressions),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS = {"variants": cmd_variants, "requirements": cmd_requirements, "serve": cmd_serve,
-            "run": cmd_run, "report": cmd_report, "table": cmd_table, "db": cmd_db,
-            "load": cmd_load}
+            "run": cmd_run, "report": cmd_report, "table": cmd_table,
+            "compare": cmd_compare, "db": cmd_db, "load": cmd_load}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
     (["run", "--load-processes", "x"], ["--load-processes"]),
     (["serve", "nope"], ["unknown variant 'nope'"]),
     (["report", "/nonexistent/run"], ["not a results folder"]),
+    (["compare", "/nonexistent/a", "/nonexistent/b"], ["not a results folder"]),
+    (["compare", "--min-change", "abc", "/nonexistent/a", "/nonexistent/b"],
+     ["--min-change", "'abc'"]),
     (["frobnicate"], ["invalid choice"]),
 ])
 def test_bad_arguments(args: list[str], needles: list[str]) -> None:
@@ -90,6 +93,6 @@ def test_serve_on_a_port_in_use(tmp_path: Path) -> None:
 
 def test_help_on_every_command() -> None:
     for command in ([], ["variants"], ["requirements"], ["serve"], ["run"], ["report"], ["db"],
-                    ["load"]):
+                    ["load"], ["compare"]):
         result = bench(*command, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout

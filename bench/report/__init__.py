@@ -1,4 +1,5 @@
-"""The report of a results folder: report.md, a self-contained report.html, figures/.
+"""The report of a results folder: report.md, a self-contained report.html, figures/; and
+the comparison of two (compare.md, compare.html).
 
     from bench.report import build_report
     paths = build_report(Path("results/2026-11-24T22-30-00"))
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from bench.report.compare import RunComparison
+    from bench.report.compare_content import CompareReport
     from bench.report.data import Run
 
-__all__ = ["ReportError", "build_report", "read_run"]
+__all__ = ["ReportError", "build_report", "read_run", "write_comparison"]
 
 
 class ReportError(Exception):
@@ -38,6 +41,25 @@ def build_report(results_dir: Path) -> list[Path]:
     write_text_atomic(markdown, render_markdown(report))
     write_text_atomic(html, render_html(report))
     return [markdown, html, *report.files]
+
+
+def write_comparison(base_dir: Path, new_dir: Path, min_change: float = 0.0,
+                     out_dir: Path | None = None
+                     ) -> tuple[RunComparison, CompareReport, list[Path]]:
+    """Compare two results folders; write compare.md, compare.html and
+    figures/compare_ratios.png into `out_dir` (default: `new_dir`)."""
+    from bench.report.compare import compare_runs
+    from bench.report.compare_content import build_compare
+    from bench.report.render import render_compare_html, render_compare_markdown
+    from bench.results import write_text_atomic
+
+    comparison = compare_runs(read_run(base_dir), read_run(new_dir), min_change)
+    out_dir = Path(new_dir if out_dir is None else out_dir)
+    report = build_compare(comparison, out_dir / "figures")
+    markdown, html = out_dir / "compare.md", out_dir / "compare.html"
+    write_text_atomic(markdown, render_compare_markdown(report))
+    write_text_atomic(html, render_compare_html(report))
+    return comparison, report, [markdown, html, *report.files]
 
 
 def read_run(results_dir: Path) -> Run:

@@ -28,7 +28,6 @@ from bench.report.stats import (
     WIDE_CI_FRACTION,
     calibration_sentence,
     repeat_pairs,
-    steady_estimate,
 )
 from bench.report.study import Comparison, Verdict
 from bench.report.tables import (
@@ -36,6 +35,7 @@ from bench.report.tables import (
     Table,
     comparison_table,
     matrix_table,
+    run_estimates,
     steady_method,
 )
 
@@ -90,6 +90,38 @@ class Report:
     files: list[Path] = field(default_factory=list)
 
 
+def what_ran(run: Run) -> list[tuple[str, str]]:
+    """What ran, as (what, value) lines: the report's and the comparison's."""
+    info = run.info
+    machine = info.get("machine") or {}
+    config = info.get("config") or {}
+    profile = info.get("profile") or {}
+    packages = info.get("packages") or {}
+    commit = info.get("git_commit")
+    items = [
+        ("run", f"{info.get('run_id', run.folder.name)} ({info.get('status', '?')})"),
+        ("date", f"{info.get('started_at', '?')} to {info.get('ended_at') or 'not ended'}"),
+        ("machine", f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', '?')}, "
+                    f"{machine.get('memory_gib', '?')} GiB; {machine.get('kernel', '')}"),
+        ("Python", str(machine.get("python", "?"))),
+        ("packages", ", ".join(f"{k} {v}" for k, v in sorted(packages.items())) or "?"),
+        ("PostgreSQL", str(info.get("postgres_version") or "?")),
+        ("latency backend", f"{info.get('latency_backend', '?')}"
+                            f" ({info.get('latency_backend_reason') or 'no reason given'})"),
+        ("profile", ", ".join(f"{k} {v}" for k, v in profile.items()) or "?"),
+        ("repeats", str(config.get("repeats", "?"))),
+        ("matrix", f"{len(run.columns)} columns x {len(run.routes)} routes x "
+                   f"{len(run.latencies)} latencies = {len(run.cells)} cells"),
+        ("placement", ", ".join(f"{k} {v}" for k, v in
+                                (info.get("placement") or {}).items()) or "?"),
+        ("git commit", "unknown" if not commit else
+         f"{commit}{' (uncommitted changes)' if info.get('git_dirty') else ''}"),
+    ]
+    if config.get("target"):
+        items.append(("target", str(config["target"])))
+    return items
+
+
 class Builder:
     def __init__(self, run: Run, figures_dir: Path) -> None:
         self.run = run
@@ -97,46 +129,13 @@ class Builder:
         self.columns = [c.name for c in run.columns]
         self.routes = run.routes
         self.latencies = run.latencies
-        self.estimates: Estimates = {}
-        for column in self.columns:
-            for route in self.routes:
-                for latency in self.latencies:
-                    estimate = steady_estimate(run.group(column, route, latency))
-                    if estimate is not None:
-                        self.estimates[column, route, latency] = estimate
+        self.estimates: Estimates = run_estimates(run)
         self.files: list[Path] = []
 
     # -- what ran ------------------------------------------------------------------------
 
     def what_ran(self) -> list[tuple[str, str]]:
-        info = self.run.info
-        machine = info.get("machine") or {}
-        config = info.get("config") or {}
-        profile = info.get("profile") or {}
-        packages = info.get("packages") or {}
-        commit = info.get("git_commit")
-        items = [
-            ("run", f"{info.get('run_id', self.run.folder.name)} ({info.get('status', '?')})"),
-            ("date", f"{info.get('started_at', '?')} to {info.get('ended_at') or 'not ended'}"),
-            ("machine", f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', '?')}, "
-                        f"{machine.get('memory_gib', '?')} GiB; {machine.get('kernel', '')}"),
-            ("Python", str(machine.get("python", "?"))),
-            ("packages", ", ".join(f"{k} {v}" for k, v in sorted(packages.items())) or "?"),
-            ("PostgreSQL", str(info.get("postgres_version") or "?")),
-            ("latency backend", f"{info.get('latency_backend', '?')}"
-                                f" ({info.get('latency_backend_reason') or 'no reason given'})"),
-            ("profile", ", ".join(f"{k} {v}" for k, v in profile.items()) or "?"),
-            ("repeats", str(config.get("repeats", "?"))),
-            ("matrix", f"{len(self.columns)} columns x {len(self.routes)} routes x "
-                       f"{len(self.latencies)} latencies = {len(self.run.cells)} cells"),
-            ("placement", ", ".join(f"{k} {v}" for k, v in
-                                    (info.get("placement") or {}).items()) or "?"),
-            ("git commit", "unknown" if not commit else
-             f"{commit}{' (uncommitted changes)' if info.get('git_dirty') else ''}"),
-        ]
-        if config.get("target"):
-            items.append(("target", str(config["target"])))
-        return items
+        return what_ran(self.run)
 
     def caveats(self) -> list[str]:
         notes = [str(c) for c in self.run.info.get("caveats") or []]

@@ -237,3 +237,44 @@ def timeseries_figure(cell_id: str, series: Series, phases: Phases, folder: Path
     fig.suptitle(cell_id, fontsize=9)
     fig.tight_layout()
     return save(fig, folder, f"ts_{safe_name(cell_id)}", svg=False, dpi=72)[0]
+
+
+@dataclass(frozen=True)
+class RatioBar:
+    """One matched cell of a comparison: NEW / BASE with its 95% interval, and its verdict."""
+
+    label: str
+    ratio: float
+    low: float | None
+    high: float | None
+    verdict: str  # faster | slower | anything else (drawn grey)
+
+
+VERDICT_COLOURS = {"faster": "#1a7f37", "slower": "#b42318"}
+
+
+def ratio_figure(bars: list[RatioBar], min_change: float, folder: Path,
+                 name: str = "compare_ratios") -> list[Path]:
+    """NEW / BASE steady sRPS per matched cell with its 95% interval, sorted; 1 and the
+    --min-change band marked. Intervals past the axis are cut at its edge."""
+    bars = sorted(bars, key=lambda b: b.ratio)
+    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.17 * max(len(bars), 1)))
+    right = max([2.0, *(1.15 * b.ratio for b in bars)])
+    for y, bar in enumerate(bars):
+        low = bar.ratio if bar.low is None else max(bar.low, 0.0)
+        high = bar.ratio if bar.high is None else min(bar.high, right)
+        colour_of = VERDICT_COLOURS.get(bar.verdict, "#7f7f7f")
+        ax.plot([low, high], [y, y], color=colour_of, linewidth=1.4)
+        ax.plot([bar.ratio], [y], "o", color=colour_of, markersize=3.5)
+    ax.axvline(1.0, color="#333333", linewidth=0.8)
+    if min_change > 0:
+        ax.axvspan(1 - min_change, 1 + min_change, color="#eeeeee", zorder=0, linewidth=0)
+    ax.set_yticks(range(len(bars)), [b.label for b in bars], fontsize=6.5)
+    ax.set_ylim(-0.7, len(bars) - 0.3)
+    ax.set_xlim(0, right)
+    ax.set_xlabel("NEW / BASE steady sRPS (95% CI; green faster, red slower, grey not "
+                  "significant or no test)")
+    ax.grid(axis="y", visible=False)
+    fig.suptitle("Steady sRPS ratio per cell, sorted", fontsize=11)
+    fig.tight_layout()
+    return save(fig, folder, name, svg=False)

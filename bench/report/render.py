@@ -1,4 +1,5 @@
-"""report.html and report.md from the report's content, with jinja2.
+"""report.html and report.md from the report's content, compare.html and compare.md from a
+comparison's, with jinja2.
 
 report.html autoescapes every value and embeds every figure as a data: URI, so it opens
 from disk with no network. report.md escapes the characters Markdown reads as markup and
@@ -15,6 +16,7 @@ from typing import Any
 import jinja2
 import markupsafe
 
+from bench.report.compare_content import CompareReport
 from bench.report.content import Report
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -43,16 +45,31 @@ def _loader() -> jinja2.FileSystemLoader:
     return jinja2.FileSystemLoader(str(TEMPLATES))
 
 
-def render_html(report: Report) -> str:
+def _html_environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=_loader(), autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["data_uri"] = data_uri
-    return env.get_template("report.html.j2").render(r=report)
+    return env
+
+
+def _markdown_environment() -> jinja2.Environment:
+    # Markdown: not HTML-autoescaped; finalize escapes every value instead.
+    return jinja2.Environment(
+        loader=_loader(), autoescape=False, undefined=jinja2.StrictUndefined,  # noqa: S701
+        finalize=markdown_escape, trim_blocks=True, lstrip_blocks=True)
+
+
+def render_html(report: Report) -> str:
+    return _html_environment().get_template("report.html.j2").render(r=report)
 
 
 def render_markdown(report: Report) -> str:
-    # Markdown: not HTML-autoescaped; finalize escapes every value instead.
-    env = jinja2.Environment(
-        loader=_loader(), autoescape=False, undefined=jinja2.StrictUndefined,  # noqa: S701
-        finalize=markdown_escape, trim_blocks=True, lstrip_blocks=True)
-    return env.get_template("report.md.j2").render(r=report)
+    return _markdown_environment().get_template("report.md.j2").render(r=report)
+
+
+def render_compare_html(report: CompareReport) -> str:
+    return _html_environment().get_template("compare.html.j2").render(r=report)
+
+
+def render_compare_markdown(report: CompareReport) -> str:
+    return _markdown_environment().get_template("compare.md.j2").render(r=report)

@@ -18,6 +18,7 @@ from bench.report.stats import (
     Estimate,
     mean_metric,
     ok_cells,
+    steady_estimate,
 )
 from bench.report.study import ROUTE_TITLES, TABLE_NUMBERS, Verdict
 
@@ -32,11 +33,24 @@ WIDE_NOTE = (f"{WIDE_MARK} 95% CI wider than {WIDE_CI_FRACTION:.0%} of the mean:
 Estimates = dict[tuple[str, str, int], Estimate]
 
 
+def run_estimates(run: Run) -> Estimates:
+    """Steady sRPS of every (column, route, latency) of `run` that has one."""
+    estimates: Estimates = {}
+    for column in run.columns:
+        for route in run.routes:
+            for latency in run.latencies:
+                estimate = steady_estimate(run.group(column.name, route, latency))
+                if estimate is not None:
+                    estimates[column.name, route, latency] = estimate
+    return estimates
+
+
 @dataclass
 class TableCell:
     text: str
     numeric: bool = False
-    state: str = ""  # "", "missing", "failed", "wide": a CSS class in report.html
+    # a CSS class: "missing", "failed", "wide"; in compare.html also "faster", "slower", "differs"
+    state: str = ""
 
 
 @dataclass
