@@ -11,9 +11,12 @@ import psutil
 
 from bench.paths import repo_root
 
-PACKAGES = ("django", "asgiref", "gunicorn", "uvicorn", "uvicorn-worker", "hypercorn", "daphne",
-            "twisted", "locust", "psycopg", "psycopg-binary", "psycopg-pool", "psutil", "numpy",
-            "scipy", "matplotlib", "jinja2", "pgserver", "uvloop")
+# The servers, and the event loops and HTTP parsers they can run on (uvicorn's "auto" and
+# gunicorn's "auto" pick by what is installed, so the versions say what was there to pick).
+PACKAGES = ("django", "asgiref", "gunicorn", "gunicorn-h1c", "uvicorn", "uvicorn-worker",
+            "hypercorn", "daphne", "twisted", "granian", "gevent", "greenlet", "uvloop",
+            "httptools", "h11", "h2", "locust", "psycopg", "psycopg-binary", "psycopg-pool",
+            "psutil", "numpy", "scipy", "matplotlib", "jinja2", "pgserver")
 
 
 def cpu_model() -> str:

@@ -58,12 +58,15 @@ def pg_cache_dir() -> Iterator[Path]:
 
 @contextlib.contextmanager
 def serving(cluster: PostgresCluster, variant: Variant, db_name: str, log_dir: Path,
-            cpu_loop: int = 1000) -> Iterator[tuple[str, str]]:
+            cpu_loop: int = 1000, db_endpoint: tuple[str, int] | None = None,
+            ) -> Iterator[tuple[str, str]]:
     """`variant` listening on a free port over `db_name`, a fresh clone of the template:
-    (base URL, database); the server stopped and the database dropped afterwards."""
+    (base URL, database); the server stopped and the database dropped afterwards.
+    `db_endpoint`: where the server reaches PostgreSQL (a latency proxy), if not directly."""
     db = cluster.clone_database(db_name)
     port = free_port("127.0.0.1")
-    env = app_environment(variant, cluster.app_env(db), ["127.0.0.1"], cpu_loop)
+    host, db_port = db_endpoint or (None, None)
+    env = app_environment(variant, cluster.app_env(db, host, db_port), ["127.0.0.1"], cpu_loop)
     server = ServerProcess(variant.server_command("127.0.0.1", port), env,
                            log_dir / "server.log")
     server.start()

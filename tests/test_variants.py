@@ -25,6 +25,7 @@ pool = false
 
 SHIPPED = {"sync_gunicorn", "async_uvicorn", "async_unlimited", "async_hypercorn", "async_daphne",
            "async_pooled", "async_native", "sync_gthread"}
+OPT_IN = {"sync_gevent", "sync_granian", "async_granian", "async_gunicorn_asgi", "async_uvloop"}
 
 
 def write_variant(root: Path, name: str, text: str) -> Path:
@@ -41,7 +42,41 @@ def test_the_shipped_variants_are_discovered_and_valid() -> None:
     assert by_label["Sync"].interface == "wsgi" and by_label["Sync"].views == "sync"
     assert by_label["Async Limited"].max_connections == 100
     assert by_label["Async Unlimited"].max_connections == 1000
-    assert "uvicorn_worker.UvicornWorker" in by_label["Async Limited"].command
+    # Pinned to asyncio + h11: uvicorn-worker's UvicornWorker picks uvloop and httptools
+    # whenever they are installed, which would change the study's setup with the venv.
+    assert "uvicorn_worker.UvicornH11Worker" in by_label["Async Limited"].command
+
+
+def test_the_opt_in_variants_stay_out_of_the_default_matrix_and_say_what_they_need() -> None:
+    variants = discover()
+    assert OPT_IN <= set(variants)
+    default = {v.name for v in select(variants, None)}
+    assert SHIPPED <= default and not OPT_IN & default
+    for name in OPT_IN:
+        assert variants[name].requires, f"{name} declares no packages for nox to install"
+
+
+def test_no_variant_leaves_its_event_loop_to_auto() -> None:
+    """What a server runs must not depend on what else the venv holds: Uvicorn's, Gunicorn's
+    ASGI worker's and Granian's "auto" loops pick uvloop when it is importable."""
+    for variant in discover().values():
+        command = list(variant.command)
+        assert "uvicorn_worker.UvicornWorker" not in command, variant.name
+        if "asgi" in command and command[0].endswith("gunicorn"):
+            assert command[command.index("--asgi-loop") + 1] in {"asyncio", "uvloop"}
+        if command[0] == "granian" and variant.interface == "asgi":
+            assert command[command.index("--loop") + 1] in {"asyncio", "uvloop"}
+        if command[0] == "hypercorn":
+            assert command[command.index("--worker-class") + 1] in {"asyncio", "uvloop"}
+
+
+def test_the_named_uvicorn_workers_pin_loop_and_parser() -> None:
+    pytest.importorskip("uvicorn_worker")
+    from benchapp.uvicorn_workers import UvicornUvloopHttptoolsWorker
+    from uvicorn_worker import UvicornH11Worker
+
+    assert UvicornH11Worker.CONFIG_KWARGS == {"loop": "asyncio", "http": "h11"}
+    assert UvicornUvloopHttptoolsWorker.CONFIG_KWARGS == {"loop": "uvloop", "http": "httptools"}
 
 
 def test_server_command_fills_host_and_port(tmp_path: Path) -> None:
