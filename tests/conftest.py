@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bench.net import free_port
+from bench.pgbouncer import PgBouncer, PgBouncerError, find_binary
 from bench.postgres import PostgresCluster, cache_root
 from bench.server import ServerProcess, app_environment
 from bench.variants import Variant
@@ -60,19 +61,43 @@ def pg_cache_dir() -> Iterator[Path]:
 def serving(cluster: PostgresCluster, variant: Variant, db_name: str, log_dir: Path,
             cpu_loop: int = 1000) -> Iterator[tuple[str, str]]:
     """`variant` listening on a free port over `db_name`, a fresh clone of the template:
-    (base URL, database); the server stopped and the database dropped afterwards."""
-    db = cluster.clone_database(db_name)
-    port = free_port("127.0.0.1")
-    env = app_environment(variant, cluster.app_env(db), ["127.0.0.1"], cpu_loop)
-    server = ServerProcess(variant.server_command("127.0.0.1", port), env,
-                           log_dir / "server.log")
-    server.start()
+    (base URL, database); the server stopped and the database dropped afterwards. A variant
+    that declares [pgbouncer] reaches the database through its own PgBouncer (the test is
+    skipped where no pgbouncer program is installed)."""
+    with pgbouncer_for(cluster, variant) as pooler:
+        db = cluster.clone_database(db_name)
+        port = free_port("127.0.0.1")
+        db_env = cluster.app_env(db, *((pooler.host, pooler.port) if pooler else ()))
+        env = app_environment(variant, db_env, ["127.0.0.1"], cpu_loop)
+        server = ServerProcess(variant.server_command("127.0.0.1", port), env,
+                               log_dir / "server.log")
+        server.start()
+        try:
+            server.wait_listening("127.0.0.1", port)
+            yield f"http://127.0.0.1:{port}", db
+        finally:
+            server.stop()
+            cluster.drop_database(db)
+
+
+@contextlib.contextmanager
+def pgbouncer_for(cluster: PostgresCluster, variant: Variant) -> Iterator[PgBouncer | None]:
+    """The variant's PgBouncer in front of `cluster`, or None when it declares none."""
+    if variant.pgbouncer is None:
+        yield None
+        return
     try:
-        server.wait_listening("127.0.0.1", port)
-        yield f"http://127.0.0.1:{port}", db
+        program = find_binary()
+    except PgBouncerError as exc:
+        pytest.skip(str(exc))
+    assert cluster.port is not None
+    pooler = PgBouncer(program, cluster.pgbouncer_folder)
+    try:
+        pooler.start(variant.pgbouncer, cluster.host, cluster.port, cluster.user,
+                     cluster.scram_secret())
+        yield pooler
     finally:
-        server.stop()
-        cluster.drop_database(db)
+        pooler.stop()
 
 
 def request_json(url: str, body: bytes | None = None, method: str | None = None,
