@@ -64,20 +64,29 @@ def serving(cluster: PostgresCluster, variant: Variant, db_name: str, log_dir: P
     (base URL, database); the server stopped and the database dropped afterwards. A variant
     that declares [pgbouncer] reaches the database through its own PgBouncer (the test is
     skipped where no pgbouncer program is installed)."""
-    with pgbouncer_for(cluster, variant) as pooler:
-        db = cluster.clone_database(db_name)
-        port = free_port("127.0.0.1")
-        db_env = cluster.app_env(db, *((pooler.host, pooler.port) if pooler else ()))
-        env = app_environment(variant, db_env, ["127.0.0.1"], cpu_loop)
-        server = ServerProcess(variant.server_command("127.0.0.1", port), env,
-                               log_dir / "server.log")
-        server.start()
-        try:
-            server.wait_listening("127.0.0.1", port)
-            yield f"http://127.0.0.1:{port}", db
-        finally:
-            server.stop()
-            cluster.drop_database(db)
+    with pgbouncer_for(cluster, variant) as pooler, serving_through(
+            cluster, pooler, variant, db_name, log_dir, cpu_loop) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving_through(cluster: PostgresCluster, pooler: PgBouncer | None, variant: Variant,
+                    db_name: str, log_dir: Path, cpu_loop: int = 1000
+                    ) -> Iterator[tuple[str, str]]:
+    """`serving`, the app reaching the database through `pooler` when it is not None."""
+    db = cluster.clone_database(db_name)
+    port = free_port("127.0.0.1")
+    db_env = cluster.app_env(db, *((pooler.host, pooler.port) if pooler else ()))
+    env = app_environment(variant, db_env, ["127.0.0.1"], cpu_loop)
+    server = ServerProcess(variant.server_command("127.0.0.1", port), env,
+                           log_dir / "server.log")
+    server.start()
+    try:
+        server.wait_listening("127.0.0.1", port)
+        yield f"http://127.0.0.1:{port}", db
+    finally:
+        server.stop()
+        cluster.drop_database(db)
 
 
 @contextlib.contextmanager
