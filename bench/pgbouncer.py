@@ -88,6 +88,12 @@ def find_binary(bin_dir: Path | None = None, search: str | None = None) -> Path:
     return Path(found)
 
 
+def program_version(program: Path) -> str:
+    """'PgBouncer 1.18.0' (the first line of --version), or '?'."""
+    out = subprocess.run([str(program), "--version"], capture_output=True, text=True)
+    return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout else "?"
+
+
 def config_text(settings: PgBouncerSettings, listen_host: str, listen_port: int,
                 pg_host: str, pg_port: int, auth_file: Path, pid_file: Path) -> str:
     """pgbouncer.ini for these settings: every database of the cluster, one pool each."""
@@ -147,10 +153,6 @@ class PgBouncer:
     @property
     def pid_file(self) -> Path:
         return self.folder / "pgbouncer.pid"
-
-    def version(self) -> str:
-        out = subprocess.run([str(self.program), "--version"], capture_output=True, text=True)
-        return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout else "?"
 
     def start(self, settings: PgBouncerSettings, pg_host: str, pg_port: int, db_user: str,
               scram_secret: str, listen_host: str = "127.0.0.1") -> None:
@@ -258,8 +260,9 @@ class PgBouncer:
     def stop(self) -> None:
         """SIGTERM (PgBouncer's immediate shutdown), SIGKILL after 5 s; files removed."""
         proc, self._proc = self._proc, None
-        if proc is not None:
-            stop_process(proc, 5)
+        if proc is None:
+            return  # the pid file, if any, is another process's: _stop_stale's to judge
+        stop_process(proc, 5)
         (self.folder / "userlist.txt").unlink(missing_ok=True)
         self.pid_file.unlink(missing_ok=True)
 

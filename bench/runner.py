@@ -42,7 +42,7 @@ from bench.load import LocustRun, Profile, load_profile
 from bench.machine import STUDY_CPU_LOOP, Calibration, calibrate
 from bench.metrics import cell_metrics
 from bench.paths import results_dir
-from bench.pgbouncer import PgBouncer, PgBouncerError, find_binary
+from bench.pgbouncer import PgBouncer, PgBouncerError, find_binary, program_version
 from bench.postgres import PostgresCluster
 from bench.processes import process_tree
 from bench.record import FORMAT, CellRecord, RecordError, read_cell
@@ -387,7 +387,7 @@ class Runner:
             "cpu_work": self.cpu_work,
             "packages": metadata.package_versions(),
             "postgres_version": self.cluster.version if self.cluster else None,
-            "pgbouncer_version": (PgBouncer(self.pgbouncer_program, self.out).version()
+            "pgbouncer_version": (program_version(self.pgbouncer_program)
                                   if self.pgbouncer_program else None),
             "skipped": [{"column": k, "reason": v} for k, v in self.skipped.items()],
             "git_commit": commit,
