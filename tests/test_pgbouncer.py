@@ -7,11 +7,18 @@ survive the next start.
 
 from __future__ import annotations
 
+import csv
+import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import psutil
 import pytest
@@ -203,3 +210,60 @@ def test_a_killed_harness_pgbouncer_is_stopped_by_the_next_start(
             orphan.kill()
     assert not second.pids()
     assert not (pg_cluster.pgbouncer_folder / "userlist.txt").exists()
+
+
+@pytest.mark.integration
+def test_ctrl_c_mid_cell_leaves_no_pgbouncer_and_the_cell_records_it(tmp_path: Path) -> None:
+    """`bench run` of a PgBouncer variant: its PgBouncer runs beside the server during the
+    load, is counted in resources.csv, and SIGINT leaves no pgbouncer process behind."""
+    installed()
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", "--variants", "async_pgbouncer", "--routes",
+         "io_read", "--latencies", "0", "--profile", "smoke", "--latency-backend", "none",
+         "--out", str(out), "--rows", "2000", "--cpu-loop", "1000", "--no-report"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cell_dir = out / "cells" / "async_pgbouncer__io_read__0ms__r1"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and not (cell_dir / ".locust").is_dir():
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(3)  # a few resource samples under load
+        poolers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                   if c.name() == "pgbouncer"]
+        assert len(poolers) == 1, poolers
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert not poolers[0].is_running()
+    run = json.loads((out / "run.json").read_text())
+    assert run["pgbouncer_version"].startswith("PgBouncer") and run["skipped"] == []
+    record = json.loads((cell_dir / "cell.json").read_text())
+    assert record["status"] == "interrupted"
+    assert record["settings"]["pgbouncer"]["default_pool_size"] == 20
+    with (cell_dir / "resources.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and max(int(r["pgbouncer_clients"]) for r in rows) >= 1
+    assert all(0 < float(r["pgbouncer_rss_mib"]) for r in rows)
+    assert all(int(r["db_connections"]) <= 25 for r in rows)
+
+
+def test_docker_mode_skips_pgbouncer_variants_with_a_reason() -> None:
+    """The hook alone (the Docker engine is tests/test_docker.py's): Docker mode provides
+    no PgBouncer, so plan_columns skips those variants and keeps the rest."""
+    from bench.docker import DockerRunner
+
+    variants = discover()
+    chosen = [variants["async_pgbouncer"], variants["sync_gthread"]]
+    program, problem = DockerRunner._find_pgbouncer(
+        cast(DockerRunner, SimpleNamespace(variants=chosen)))
+    assert program is None and problem and "Docker mode does not provide PgBouncer" in problem
+    columns, skipped = plan_columns(RunConfig(), chosen, problem)
+    assert [name for name, _ in columns] == ["sync_gthread"]
+    assert list(skipped) == ["async_pgbouncer"]
+    assert DockerRunner._find_pgbouncer(cast(DockerRunner, SimpleNamespace(
+        variants=chosen[1:]))) == (None, None)
