@@ -24,7 +24,8 @@ pool = false
 """
 
 SHIPPED = {"sync_gunicorn", "async_uvicorn", "async_unlimited", "async_hypercorn", "async_daphne",
-           "async_pooled", "async_native", "sync_gthread"}
+           "async_pooled", "async_native", "sync_gthread", "async_pgbouncer",
+           "sync_gthread_pgbouncer"}
 
 
 def write_variant(root: Path, name: str, text: str) -> Path:
@@ -42,6 +43,10 @@ def test_the_shipped_variants_are_discovered_and_valid() -> None:
     assert by_label["Async Limited"].max_connections == 100
     assert by_label["Async Unlimited"].max_connections == 1000
     assert "uvicorn_worker.UvicornWorker" in by_label["Async Limited"].command
+    # Added variants stay out of the default matrix, and each has a Dockerfile.
+    assert not variants["async_pgbouncer"].default_run
+    assert not variants["sync_gthread_pgbouncer"].default_run
+    assert all((v.folder / "Dockerfile").is_file() for v in variants.values())
 
 
 def test_server_command_fills_host_and_port(tmp_path: Path) -> None:
