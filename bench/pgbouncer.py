@@ -115,9 +115,9 @@ def config_text(settings: PgBouncerSettings, listen_host: str, listen_port: int,
         # Reserve connections open after a client has waited this long (seconds).
         "reserve_pool_timeout = 1",
         f"max_client_conn = {settings.max_client_conn}",
-        # Clients queue for a server connection; a wait longer than the profile's request
-        # timeout is the load generator's timeout, not PgBouncer's error.
-        "query_wait_timeout = 120",
+        # Clients queue for a server connection without a limit of PgBouncer's own: a
+        # request that waits too long is the load generator's timeout, as without it.
+        "query_wait_timeout = 0",
         "server_reset_query = DISCARD ALL" if settings.pool_mode == "session"
         else "server_reset_query =",
         "ignore_startup_parameters = extra_float_digits,options",
