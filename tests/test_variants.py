@@ -142,9 +142,11 @@ def run_cli(*args: str, servers: Path | None = None) -> subprocess.CompletedProc
 def test_cli_lists_variants() -> None:
     result = run_cli("variants")
     assert result.returncode == 0, result.stderr
-    names = {line.split()[0] for line in result.stdout.splitlines()}
-    assert SHIPPED <= names
-    assert any(line.split()[1:3] == ["wsgi", "sync"] for line in result.stdout.splitlines())
+    # Each line: a mark ("-": not in the default matrix, else blank), name, interface, views.
+    marks = {line[2:].split()[0]: line[0] for line in result.stdout.splitlines()}
+    assert SHIPPED <= set(marks)
+    assert marks["async_pgbouncer"] == "-" and marks["sync_gunicorn"] == " "
+    assert any(line[2:].split()[1:3] == ["wsgi", "sync"] for line in result.stdout.splitlines())
 
 
 @pytest.mark.parametrize(
