@@ -37,6 +37,17 @@ def install_chromium(session: nox.Session) -> None:
         apt_install(session, "chromium")
 
 
+def install_pgbouncer(session: nox.Session) -> None:
+    """Variants with [pgbouncer] (and their tests) run Debian's pgbouncer; without it they
+    are skipped. Only the program is wanted: a service the package may start is stopped."""
+    if shutil.which("pgbouncer") or os.path.exists("/usr/sbin/pgbouncer"):
+        return
+    apt_install(session, "pgbouncer")
+    if os.geteuid() == 0 and shutil.which("service"):
+        session.run("service", "pgbouncer", "stop", external=True, success_codes=[0, 1, 3],
+                    silent=True)
+
+
 def install_uml(session: nox.Session) -> None:
     """tests/test_uml_netem.py runs the netem backend inside User-Mode Linux (tests/uml.py):
     the UML kernel with its sch_netem and veth modules, insmod, ip and tc, and a C compiler
@@ -49,6 +60,7 @@ def install_uml(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run the benchmark matrix, then the report. Arguments after -- go to `bench run`."""
     install_bench(session)
+    install_pgbouncer(session)
     session.run("python", "-m", "bench", "run", *session.posargs)
 
 
@@ -65,6 +77,7 @@ def tests(session: nox.Session) -> None:
     """The test suite: unit tests and small-scale integration tests on real components."""
     install_bench(session, "test")
     install_chromium(session)
+    install_pgbouncer(session)
     install_uml(session)
     # --durations: CI's log names the slowest tests (the suite's time is a goal, issue 12)
     session.run("python", "-m", "pytest", *(session.posargs or ["-q", "--durations=15"]))

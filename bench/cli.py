@@ -26,6 +26,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from bench.docker import DockerError
     from bench.latency import LatencyError
     from bench.load import LoadError
+    from bench.pgbouncer import PgBouncerError
     from bench.postgres import PostgresError
     from bench.report import ReportError
     from bench.runner import RunError
@@ -34,7 +35,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from bench.verify import VerificationError
 
     return (VariantError, PostgresError, LatencyError, LoadError, RunError, ServerError,
-            VerificationError, ReportError, DockerError)
+            VerificationError, ReportError, DockerError, PgBouncerError)
 
 
 def _int_list(minimum: int, what: str) -> Callable[[str], list[int]]:
@@ -134,6 +135,15 @@ def _pg_bin(text: str) -> Path:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _pgbouncer_bin(text: str) -> Path:
+    from bench.pgbouncer import PgBouncerError, find_binary
+
+    try:
+        return find_binary(Path(text)).parent
+    except PgBouncerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_pg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pg-bin", type=_pg_bin, metavar="DIR",
                         help="PostgreSQL binaries to use (default: the pgserver wheel's)")
@@ -143,6 +153,13 @@ def _add_pg(parser: argparse.ArgumentParser) -> None:
                         help="loop size of cpu/ (default for run: sized so a request takes "
                              "the profile's cpu_ms on this machine, or the study's 10000000 "
                              "when the profile has none; default elsewhere: 10000000)")
+
+
+def _add_pgbouncer(parser: argparse.ArgumentParser, without: str) -> None:
+    parser.add_argument("--pgbouncer-bin", type=_pgbouncer_bin, metavar="DIR",
+                        help="folder holding the pgbouncer program, for variants that declare "
+                             "[pgbouncer] (default: PATH, then /usr/sbin: Debian's package); "
+                             f"without one {without}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use the database named by DB_HOST/DB_PORT/DB_NAME/DB_USER/"
                             "DB_PASSWORD instead of starting one (Docker mode)")
     _add_pg(serve)
+    _add_pgbouncer(serve, "such a variant cannot be served")
 
     run = sub.add_parser("run", help="run the benchmark matrix",
                          description="Run every cell (variant x route x latency x repeat) and "
@@ -223,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "max_connections; one column per value")
     run.add_argument("--pool-size", type=_int_list(1, "--pool-size"), metavar="N,N",
                      help="sweep: override the pool max_size of pooled variants")
+    run.add_argument("--conn-max-age", type=_int_list(0, "--conn-max-age"), metavar="S,S",
+                     help="sweep: override the variants' Django CONN_MAX_AGE (seconds); one "
+                          "column per value; a value > 0 over a variant with Django's pool "
+                          "is skipped with the reason (the pool requires 0)")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
     run.add_argument("--docker", action="store_true",
                      help="Docker mode: each cell as containers (docker/compose.yaml: db, "
@@ -233,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "python:3.11-slim, or asynchronize-django-offline-base:bookworm "
                           "when only that one is present; see docker/offline-base)")
     _add_pg(run)
+    _add_pgbouncer(run, "those variants are skipped (listed in run.json and the report)")
 
     db = sub.add_parser("db", help="PostgreSQL for Docker mode: template + fresh database, "
                                    "until stopped",
@@ -353,6 +376,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cluster.ensure_template(args.rows)
             dbname = cluster.clone_database(f"serve_{variant.name}")
             db_env = cluster.app_env(dbname)
+            if variant.pgbouncer is not None:
+                from bench.pgbouncer import PgBouncer, find_binary
+
+                pooler = PgBouncer(find_binary(args.pgbouncer_bin), cluster.pgbouncer_folder)
+                stack.callback(pooler.stop)
+                assert cluster.port is not None
+                pooler.start(variant.pgbouncer, cluster.host, cluster.port, cluster.user,
+                             cluster.scram_secret())
+                db_env = cluster.app_env(dbname, pooler.host, pooler.port)
         allowed = sorted({"localhost", "127.0.0.1", args.host} - {"0.0.0.0"}) + (
             ["*"] if args.host == "0.0.0.0" else [])  # noqa: S104 - bind-all means any Host
         env = app_environment(variant, db_env, allowed, args.cpu_loop or 10**7)
@@ -381,7 +413,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         profile=args.profile, repeats=args.repeats, latency_backend=args.latency_backend,
         out=args.out, resume=args.resume, load_processes=args.load_processes,
         target=args.target, pg_bin=args.pg_bin, pg_max_connections=args.pg_max_connections,
-        pool_sizes=args.pool_size, cpu_loop=args.cpu_loop, cpu_ms=args.cpu_ms,
+        pool_sizes=args.pool_size, conn_max_ages=args.conn_max_age,
+        pgbouncer_bin=args.pgbouncer_bin, cpu_loop=args.cpu_loop, cpu_ms=args.cpu_ms,
         precision=args.precision, seed=args.seed, rows=args.rows,
     )
     if args.docker:

@@ -31,6 +31,7 @@ from typing import Any
 
 from bench.latency.netem import netem_qdisc_command
 from bench.paths import repo_root
+from bench.pgbouncer import PgBouncer
 from bench.postgres import DB_USER, cache_root, stored_secret
 from bench.results import read_json
 from bench.runner import (
@@ -367,6 +368,14 @@ class DockerRunner(Runner):
             self.compose = Compose(self.engine, self.project, proxy=self.backend == "proxy")
         self._prepared = True
 
+    def _find_pgbouncer(self) -> tuple[Path | None, str | None]:
+        """The images hold no PgBouncer: variants that declare one are skipped (run.json
+        "skipped", the report's caveats), the rest of the run goes on."""
+        if any(v.pgbouncer for v in self.variants):
+            return None, ("Docker mode does not provide PgBouncer (docker/compose.yaml has "
+                          "no pgbouncer service); run it locally")
+        return None, None
+
     def _resolve_latency(self) -> tuple[str, str]:
         """What can be known without images; auto and netem wait for prepare()."""
         requested = self.config.latency_backend
@@ -517,6 +526,7 @@ class DockerDeployment:
         self.engine = engine
         self.url = url
         self.db_user = db_user
+        self.pooler: PgBouncer | None = None  # Docker mode provides no PgBouncer
         self.server = server
         self.db = db
         self._server_pids = server_pids

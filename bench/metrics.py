@@ -109,7 +109,9 @@ def resource_metrics(path: Path, window_start_s: float) -> dict[str, Any]:
     # A 3-second moving average, so one noisy sample does not flag a cell.
     smooth = [statistics.fmean(locust_cpu[i:i + 3]) for i in range(max(len(locust_cpu) - 2, 1))
               ] if locust_cpu else []
-    combined = [(r.get("server_rss_mib") or 0) + (r.get("db_rss_mib") or 0) for r in rows]
+    # The deployment's memory: server, PostgreSQL, and PgBouncer where it has one.
+    combined = [(r.get("server_rss_mib") or 0) + (r.get("db_rss_mib") or 0)
+                + (r.get("pgbouncer_rss_mib") or 0) for r in rows]
     return {
         "peak_server_rss_mib": peak("server_rss_mib"),
         "mean_server_cpu_pct": _mean(col("server_cpu_pct", window)),
@@ -123,6 +125,9 @@ def resource_metrics(path: Path, window_start_s: float) -> dict[str, Any]:
         "load_generator_saturated": bool(smooth) and max(smooth) > SATURATED_CPU_PCT,
         "mean_steal_pct": _mean(col("steal_pct", window)),
         "mean_outside_cpu_pct": _mean(col("outside_cpu_pct", window)),
+        "peak_pgbouncer_rss_mib": peak("pgbouncer_rss_mib"),
+        "peak_pgbouncer_clients": _int(peak("pgbouncer_clients")),
+        "peak_pgbouncer_servers": _int(peak("pgbouncer_servers")),
     }
 
 

@@ -383,6 +383,23 @@ class PostgresCluster:
             handle.write(password)
         os.replace(tmp, self.password_file)
 
+    def scram_secret(self) -> str:
+        """The database user's stored SCRAM secret (what a pooler's auth file holds)."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                               (DB_USER,)).fetchone()
+        if not row or not str(row[0]).startswith("SCRAM-SHA-256$"):
+            raise PostgresError(f"the role {DB_USER} has no SCRAM secret")
+        return str(row[0])
+
+    @property
+    def pgbouncer_folder(self) -> Path:
+        """A folder beside this slot's data dir for companions (PgBouncer), held by the
+        same slot lock, so concurrent bench processes never share one."""
+        if self.data_dir is None:
+            raise PostgresError("PostgreSQL is not started")
+        return self.data_dir.parent / f"{self.data_dir.name}.pgbouncer"
+
     def allow_clients(self, address: str) -> None:
         """Accept TCP clients from `address` (a CIDR, or `samenet`) with password auth.
 

@@ -64,6 +64,9 @@ class CellMetrics(TypedDict, total=False):
     mean_steal_pct: float | None
     mean_outside_cpu_pct: float | None
     rss_per_in_flight_kib: float
+    peak_pgbouncer_rss_mib: float | None
+    peak_pgbouncer_clients: int | None
+    peak_pgbouncer_servers: int | None
 
 
 @dataclass

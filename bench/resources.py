@@ -12,6 +12,10 @@ The machine is part of the measurement (pyperf records its system state the same
 CPU used by processes outside the cell (all busy time less the server, PostgreSQL, Locust,
 the latency helpers and the harness itself). Percentages are of one core, like a
 process's CPU %, so 200 is both cores of a 2-core machine.
+
+A variant behind PgBouncer adds its memory, and its client-side and server-side
+connections as PgBouncer's own sockets show them (bench/pgbouncer.py); the columns are
+empty for a variant without it.
 """
 
 from __future__ import annotations
@@ -21,15 +25,23 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
 from bench.results import write_csv_atomic
 
 HEADER = ("t_s", "server_rss_mib", "server_cpu_pct", "server_threads", "db_connections",
-          "db_rss_mib", "locust_cpu_pct", "steal_pct", "outside_cpu_pct")
+          "db_rss_mib", "locust_cpu_pct", "steal_pct", "outside_cpu_pct", "pgbouncer_rss_mib",
+          "pgbouncer_clients", "pgbouncer_servers")
 MIB = 1024 * 1024
+
+
+class Pooler(Protocol):
+    """A connection pooler between the server and PostgreSQL (bench.pgbouncer.PgBouncer)."""
+
+    def pids(self) -> list[int]: ...
+    def connections(self) -> tuple[int, int]: ...
 
 
 class _Tree:
@@ -130,7 +142,7 @@ class ResourceSampler:
         self, out_csv: Path, server_pids: Callable[[], list[int]],
         db_pids: Callable[[], list[int]], locust_pids: Callable[[], list[int]],
         db_user: str, interval_s: float = 1.0,
-        helper_pids: Callable[[], list[int]] = list,
+        helper_pids: Callable[[], list[int]] = list, pooler: Pooler | None = None,
     ) -> None:
         self.out_csv = out_csv
         self.interval_s = interval_s
@@ -139,27 +151,35 @@ class ResourceSampler:
         self._db = _Tree(db_pids)
         self._locust = _Tree(locust_pids)
         self._helpers = _Tree(lambda: [os.getpid(), *helper_pids()])
+        self._pooler = pooler
+        self._pooler_tree = _Tree(pooler.pids if pooler else list)
         self._machine = _MachineCpu()
-        self.rows: list[tuple[float, ...]] = []
+        self.rows: list[tuple[float | None, ...]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="resources", daemon=True)
         self._t0 = 0.0
 
     def start(self) -> None:
         self._t0 = time.monotonic()
-        for tree in (self._server, self._db, self._locust, self._helpers):
+        for tree in (self._server, self._db, self._locust, self._helpers, self._pooler_tree):
             _cpu_pct(tree.processes())  # prime cpu_percent baselines
         self._machine.sample()
         self._thread.start()
 
-    def sample(self) -> tuple[float, ...]:
+    def sample(self) -> tuple[float | None, ...]:
         server = self._server.processes()
         db = self._db.processes()
         locust = self._locust.processes()
         server_cpu, db_cpu, locust_cpu = _cpu_pct(server), _cpu_pct(db), _cpu_pct(locust)
         helpers_cpu = _cpu_pct(self._helpers.processes())
+        pooler = self._pooler_tree.processes()
+        helpers_cpu += _cpu_pct(pooler)
         steal, busy = self._machine.sample()
         outside = max(busy - server_cpu - db_cpu - locust_cpu - helpers_cpu, 0.0)
+        pooler_columns: tuple[float | int | None, ...] = (None, None, None)
+        if self._pooler is not None:
+            clients, servers = self._pooler.connections()
+            pooler_columns = (round(_memory_mib(pooler), 2), clients, servers)
         return (
             round(time.monotonic() - self._t0, 2),
             round(_memory_mib(server), 2),
@@ -170,6 +190,7 @@ class ResourceSampler:
             round(locust_cpu, 1),
             round(steal, 1),
             round(outside, 1),
+            *pooler_columns,
         )
 
     def _loop(self) -> None:

@@ -9,8 +9,14 @@ repeat 2 in another, ... (the seed is in run.json), so the drift of a shared mac
 over every column instead of biasing one. Each cell's load holds until its steady sRPS is
 precise enough (bench/steady.py) or its profile's maximum hold has passed.
 
+A variant that declares `[pgbouncer]` gets its own PgBouncer per cell, between the server
+and PostgreSQL (bench/pgbouncer.py). Where no pgbouncer program can be had (or in Docker
+mode, which does not provide one), its columns are skipped: listed with the reason in
+run.json ("skipped") and the report's caveats, while the rest of the run goes on. So is a
+sweep combination that cannot run (`--conn-max-age 60` over Django's pool).
+
 Deployment hooks: `open_deployment` starts what a cell measures (locally: latency,
-PostgreSQL, the server) and `start_load` the load generator; Docker mode
+PostgreSQL, PgBouncer, the server) and `start_load` the load generator; Docker mode
 (bench/docker.py) supplies its own, and the measuring loop (`_measure`) is shared.
 """
 
@@ -36,6 +42,7 @@ from bench.load import LocustRun, Profile, load_profile
 from bench.machine import STUDY_CPU_LOOP, Calibration, calibrate
 from bench.metrics import cell_metrics
 from bench.paths import results_dir
+from bench.pgbouncer import PgBouncer, PgBouncerError, find_binary, program_version
 from bench.postgres import PostgresCluster
 from bench.processes import process_tree
 from bench.record import FORMAT, CellRecord, RecordError, read_cell
@@ -45,7 +52,7 @@ from bench.results import read_json, write_csv_atomic, write_json_atomic
 from bench.server import ServerError, ServerProcess, app_environment
 from bench.signals import Interrupted, signals_interrupt
 from bench.steady import BIN_S, analyse
-from bench.variants import Variant, discover, select
+from bench.variants import Variant, VariantError, discover, select
 from bench.verify import ROUTES, VerificationError, verify_routes
 
 # soft_wrap: a log that is not a terminal gets whole lines, not lines cut at 80 columns.
@@ -78,6 +85,8 @@ class RunConfig:
     pg_bin: Path | None = None
     pg_max_connections: list[int] | None = None
     pool_sizes: list[int] | None = None
+    conn_max_ages: list[int] | None = None
+    pgbouncer_bin: Path | None = None
     cpu_loop: int | None = None  # None: sized from cpu_ms (or the profile's), else the study's
     cpu_ms: float | None = None
     precision: float | None = None  # None: the profile's
@@ -87,7 +96,7 @@ class RunConfig:
     def comparable(self) -> dict[str, Any]:
         """What must match for --resume to continue a run."""
         data = asdict(self)
-        for key in ("out", "resume", "pg_bin"):
+        for key in ("out", "resume", "pg_bin", "pgbouncer_bin"):
             data.pop(key)
         return data
 
@@ -105,30 +114,59 @@ class Cell:
         return f"{self.column}__{self.route}__{self.latency_ms}ms__r{self.repeat}"
 
 
-def sweep_columns(variant: Variant, config: RunConfig) -> list[tuple[str, Variant]]:
-    """The variant, or one column per connection-limit combination of the sweep."""
+def sweep_columns(variant: Variant, config: RunConfig
+                  ) -> tuple[list[tuple[str, Variant]], dict[str, str]]:
+    """The variant, or one column per connection-settings combination of the sweep; and
+    the combinations that cannot run, each with the reason (column name -> reason)."""
     pg_values: list[int | None] = [*config.pg_max_connections] if config.pg_max_connections \
         else [None]
     pool_values: list[int | None] = [*config.pool_sizes] if config.pool_sizes and variant.pool \
         else [None]
-    columns = []
+    age_values: list[int | None] = [*config.conn_max_ages] if config.conn_max_ages else [None]
+    columns, skipped = [], {}
     for pg in pg_values:
         for pool in pool_values:
-            suffix = (f"+pg{pg}" if pg is not None else "") + (
-                f"+pool{pool}" if pool is not None else "")
-            columns.append((variant.name + suffix, variant.with_overrides(pg, pool)))
-    return columns
+            for age in age_values:
+                name = variant.name + (f"+pg{pg}" if pg is not None else "") + (
+                    f"+pool{pool}" if pool is not None else "") + (
+                    f"+cma{age}" if age is not None else "")
+                try:
+                    columns.append((name, variant.with_overrides(pg, pool, age)))
+                except VariantError as exc:
+                    skipped[name] = str(exc)
+    return columns, skipped
 
 
-def plan_cells(config: RunConfig, variants: list[Variant], seed: int) -> list[Cell]:
+def plan_columns(config: RunConfig, variants: list[Variant], pgbouncer_problem: str | None
+                 ) -> tuple[list[tuple[str, Variant]], dict[str, str]]:
+    """Every column of the run, and those skipped with the reason (column -> reason).
+
+    `pgbouncer_problem`: why no PgBouncer can be started (None: one can), which skips the
+    columns of variants that declare [pgbouncer].
+    """
+    columns: list[tuple[str, Variant]] = []
+    skipped: dict[str, str] = {}
+    for variant in variants:
+        runnable, impossible = sweep_columns(variant, config)
+        skipped.update(impossible)
+        for name, configured in runnable:
+            if configured.pgbouncer is not None and pgbouncer_problem:
+                skipped[name] = f"{variant.name} needs PgBouncer: {pgbouncer_problem}"
+            else:
+                columns.append((name, configured))
+    return columns, skipped
+
+
+def plan_cells(config: RunConfig, variants: list[Variant], seed: int,
+               pgbouncer_problem: str | None = None) -> list[Cell]:
     """Every cell, repeat by repeat, each repeat in its own shuffled order; a repeat never
     starts with the cell the previous one ended with (no cell runs back to back)."""
     rng = random.Random(seed)
     cells: list[Cell] = []
+    columns = plan_columns(config, variants, pgbouncer_problem)[0]
     for repeat in range(1, config.repeats + 1):
         block = [Cell(column, configured, route, latency, repeat)
-                 for variant in variants
-                 for column, configured in sweep_columns(variant, config)
+                 for column, configured in columns
                  for route in config.routes for latency in config.latencies_ms]
         rng.shuffle(block)
         if cells and len(block) > 1 and _same_group(block[0], cells[-1]):
@@ -187,6 +225,7 @@ class Deployment(Protocol):
 
     url: str
     db_user: str
+    pooler: PgBouncer | None
 
     def server_pids(self) -> list[int]: ...
     def db_pids(self) -> list[int]: ...
@@ -216,6 +255,7 @@ class LocalDeployment:
     server: ServerProcess | None
     cluster: PostgresCluster | None
     session: LatencySession | None
+    pooler: PgBouncer | None = None
 
     def server_pids(self) -> list[int]:
         return self.server.pids() if self.server else []
@@ -235,7 +275,7 @@ class LocalDeployment:
                        f"{self.server.log_tail(8)}"
         if self.cluster is not None and not self.cluster.running:
             return f"PostgreSQL exited during the load: {self.cluster.log_tail(3)}"
-        return None
+        return self.pooler.crashed() if self.pooler is not None else None
 
 
 class Runner:
@@ -259,7 +299,14 @@ class Runner:
         # Created now so missing PostgreSQL binaries are an error before any cell runs.
         self.cluster: PostgresCluster | None = (
             None if config.target else PostgresCluster(pg_bin=config.pg_bin))
-        self.cells = plan_cells(config, self.variants, config.seed)
+        self.pgbouncer_program, self.pgbouncer_problem = self._find_pgbouncer()
+        columns, self.skipped = plan_columns(config, self.variants, self.pgbouncer_problem)
+        if not columns:
+            raise RunError("nothing to run: every column is skipped ("
+                           + "; ".join(f"{k}: {v}" for k, v in self.skipped.items()) + ")")
+        for name, reason in self.skipped.items():
+            console.print(f"[yellow]skipped {name}: {reason}[/]")
+        self.cells = plan_cells(config, self.variants, config.seed, self.pgbouncer_problem)
         self.backend, self.backend_reason = self._resolve_latency()
         if self.backend == "none" and any(config.latencies_ms):
             raise RunError("--latency-backend none adds no latency: use --latencies 0, or "
@@ -267,6 +314,16 @@ class Runner:
         self.calibration: Calibration | None = None
         self.cpu_loop = STUDY_CPU_LOOP
         self.cpu_work: dict[str, Any] = dict(previous.get("cpu_work") or {})
+
+    def _find_pgbouncer(self) -> tuple[Path | None, str | None]:
+        """(the pgbouncer program, None) or (None, why there is none); only looked for when
+        a variant declares [pgbouncer] (a --target run starts no component of its own)."""
+        if self.config.target or not any(v.pgbouncer for v in self.variants):
+            return None, None
+        try:
+            return find_binary(self.config.pgbouncer_bin), None
+        except PgBouncerError as exc:
+            return None, str(exc)
 
     def _resolve_latency(self) -> tuple[str, str]:
         """(backend, why) for this run; Docker mode probes inside its containers instead."""
@@ -334,11 +391,15 @@ class Runner:
             "cpu_work": self.cpu_work,
             "packages": metadata.package_versions(),
             "postgres_version": self.cluster.version if self.cluster else None,
+            "pgbouncer_version": (program_version(self.pgbouncer_program)
+                                  if self.pgbouncer_program else None),
+            "skipped": [{"column": k, "reason": v} for k, v in self.skipped.items()],
             "git_commit": commit,
             "git_dirty": dirty,
             "placement": self.place,
             "caveats": caveats(self.backend, self.backend_reason, self.place, self.config,
-                               self.calibration),
+                               self.calibration)
+            + [f"column {k} skipped: {v}" for k, v in self.skipped.items()],
             "cells": [c.cell_id for c in self.cells],
         }
 
@@ -447,6 +508,7 @@ class Runner:
         """Latency, PostgreSQL with a fresh database, the server: started and listening."""
         if self.config.target:
             return LocalDeployment(str(self.config.target).rstrip("/"), "", None, None, None)
+        pooler: PgBouncer | None = None
         session: LatencySession = stack.enter_context(
             open_latency(self.backend, cell.latency_ms, self.place["latency_cpus"]))
         cluster = self._ensure_cluster(cell.variant, session.pg_listen_host)
@@ -459,7 +521,18 @@ class Runner:
         stack.callback(_drop_if_running, cluster, dbname)
         phases.mark("clone")
         assert cluster.port is not None  # started above
-        db_host, db_port = session.db_endpoint(cluster.host, cluster.port)
+        db_host, db_port = cluster.host, cluster.port
+        if cell.variant.pgbouncer is not None:
+            assert self.pgbouncer_program is not None  # else its columns were skipped
+            pooler = PgBouncer(self.pgbouncer_program, cluster.pgbouncer_folder)
+            stack.callback(pooler.stop)
+            pooler.start(cell.variant.pgbouncer, cluster.host, cluster.port, cluster.user,
+                         cluster.scram_secret(), listen_host=session.pg_listen_host)
+            _pin_pids(pooler.pids(), self.place["other_cpus"])
+            assert pooler.port is not None
+            db_host, db_port = pooler.host, pooler.port
+            phases.mark("pgbouncer")
+        db_host, db_port = session.db_endpoint(db_host, db_port)
         port = session.server_port()
         client_host, client_port = session.client_endpoint(port)
         _pin_pids(session.pids(), self.place["latency_cpus"])
@@ -478,7 +551,7 @@ class Runner:
         server.wait_listening(session.server_bind_host, port)
         phases.mark("server_start")
         return LocalDeployment(f"http://{client_host}:{client_port}", cluster.user, server,
-                               cluster, session)
+                               cluster, session, pooler)
 
     def start_load(self, cell: Cell, cell_dir: Path, deployment: Deployment) -> LoadRun:
         locust = LocustRun(deployment.url, cell.route, self.profile, cell_dir,
@@ -500,7 +573,8 @@ class Runner:
             sampler = ResourceSampler(cell_dir / "resources.csv", deployment.server_pids,
                                       deployment.db_pids, lambda: load.pids(),
                                       db_user=deployment.db_user,
-                                      helper_pids=deployment.helper_pids)
+                                      helper_pids=deployment.helper_pids,
+                                      pooler=deployment.pooler)
             load = self.start_load(cell, cell_dir, deployment)
             stack.callback(load.stop)
             sampler.start()
@@ -669,7 +743,8 @@ SUMMARY_METRICS = ("steady_srps", "steady_half_width_pct", "warmup_s", "window_s
                    "p50_ms", "p95_ms", "p99_ms", "peak_server_rss_mib", "peak_server_threads",
                    "peak_db_connections", "peak_server_db_rss_mib", "mean_server_cpu_pct",
                    "mean_locust_cpu_pct", "load_generator_saturated", "mean_steal_pct",
-                   "mean_outside_cpu_pct")
+                   "mean_outside_cpu_pct", "peak_pgbouncer_rss_mib", "peak_pgbouncer_clients",
+                   "peak_pgbouncer_servers")
 
 
 def write_summary(out: Path) -> Path:

@@ -18,16 +18,20 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from bench.paths import servers_dir
+from bench.pgbouncer import POOL_MODES, PgBouncerSettings
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 INTERFACES = ("asgi", "wsgi")
 VIEWS = ("sync", "async", "native")
 PLACEHOLDERS = {"host", "port"}
 TOP_KEYS = {"title", "study_label", "interface", "views", "requires", "command", "description",
-            "default_run", "postgres", "django"}
+            "default_run", "postgres", "django", "pgbouncer"}
 POSTGRES_KEYS = {"max_connections"}
 DJANGO_KEYS = {"conn_max_age", "pool", "study_logging"}
 POOL_KEYS = {"min_size", "max_size", "timeout"}
+PGBOUNCER_KEYS = {"pool_mode", "default_pool_size", "max_client_conn", "reserve"}
+# PostgreSQL keeps this many connections for superusers (superuser_reserved_connections).
+PG_RESERVED = 3
 
 
 class VariantError(Exception):
@@ -61,6 +65,7 @@ class Variant:
     conn_max_age: int = 0
     pool: PoolSettings | None = None
     study_logging: bool = False
+    pgbouncer: PgBouncerSettings | None = None
     # In the matrix when `bench run` gets no --variants (`--variants all` adds the rest):
     # keeps the default run near 30 minutes on two cores as variants are added.
     default_run: bool = True
@@ -78,6 +83,10 @@ class Variant:
             "DB_CONN_MAX_AGE": str(self.conn_max_age),
             "DB_POOL": self.pool.as_json() if self.pool else "",
             "DJANGO_STUDY_LOGGING": "1" if self.study_logging else "0",
+            # Django's docs: a pooler in transaction mode may hand each transaction another
+            # server connection, where a server-side cursor does not exist.
+            "DB_DISABLE_SERVER_SIDE_CURSORS": "1" if self.pgbouncer is not None
+            and self.pgbouncer.pool_mode == "transaction" else "0",
         }
 
     def settings(self) -> dict[str, Any]:
@@ -89,13 +98,23 @@ class Variant:
                 "min_size": self.pool.min_size, "max_size": self.pool.max_size,
                 "timeout_s": self.pool.timeout_s,
             },
+            "pgbouncer": None if self.pgbouncer is None else self.pgbouncer.as_json(),
         }
 
     def with_overrides(
-        self, max_connections: int | None = None, pool_max_size: int | None = None
+        self, max_connections: int | None = None, pool_max_size: int | None = None,
+        conn_max_age: int | None = None,
     ) -> Variant:
-        """A sweep combination: the same variant with other connection limits."""
+        """A sweep combination: the same variant with other connection limits.
+
+        A VariantError when the combination cannot run (CONN_MAX_AGE > 0 with Django's pool).
+        """
         changed = self
+        if conn_max_age is not None:
+            if conn_max_age and self.pool is not None:
+                raise VariantError(f"{self.name}: conn_max_age {conn_max_age} cannot run with "
+                                   "django.pool (Django's pool requires conn_max_age 0)")
+            changed = replace(changed, conn_max_age=conn_max_age)
         if max_connections is not None:
             changed = replace(changed, max_connections=max_connections)
         if pool_max_size is not None and changed.pool is not None:
@@ -199,6 +218,34 @@ def _pool(django: dict[str, Any], path: Path) -> PoolSettings | None:
     return PoolSettings(min_size=min_size, max_size=max_size, timeout_s=float(timeout))
 
 
+def _pgbouncer(data: dict[str, Any], path: Path,
+               max_connections: int) -> PgBouncerSettings | None:
+    table = _get(data, "pgbouncer", dict, path)
+    if table is None:
+        return None
+    _check_unknown(table, PGBOUNCER_KEYS, path, "pgbouncer.")
+    prefix = "pgbouncer."
+    settings = PgBouncerSettings(
+        pool_mode=_choice(_get(table, "pool_mode", str, path, prefix, default="transaction"),
+                          POOL_MODES, path, f"{prefix}pool_mode"),
+        default_pool_size=_get(table, "default_pool_size", int, path, prefix, required=True),
+        max_client_conn=_get(table, "max_client_conn", int, path, prefix, default=1000),
+        reserve_pool_size=_get(table, "reserve", int, path, prefix, default=0),
+    )
+    if settings.default_pool_size < 1:
+        raise _fail(path, f"{prefix}default_pool_size", "must be >= 1")
+    if settings.max_client_conn < 1:
+        raise _fail(path, f"{prefix}max_client_conn", "must be >= 1")
+    if settings.reserve_pool_size < 0:
+        raise _fail(path, f"{prefix}reserve", "must be >= 0")
+    if settings.max_server_connections > max_connections - PG_RESERVED:
+        raise _fail(path, f"{prefix}default_pool_size",
+                    f"default_pool_size + reserve ({settings.max_server_connections}) must "
+                    f"leave room under postgres.max_connections ({max_connections}, of which "
+                    f"{PG_RESERVED} are kept for superusers)")
+    return settings
+
+
 def parse_variant(path: Path) -> Variant:
     """Read and validate one variant.toml."""
     name = path.parent.name
@@ -242,6 +289,7 @@ def parse_variant(path: Path) -> Variant:
         conn_max_age=conn_max_age,
         pool=pool,
         study_logging=_get(django, "study_logging", bool, path, "django.", default=False),
+        pgbouncer=_pgbouncer(data, path, max_connections),
         default_run=_get(data, "default_run", bool, path, default=True),
     )
 

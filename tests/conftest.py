@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bench.net import free_port
+from bench.pgbouncer import PgBouncer, PgBouncerError, find_binary
 from bench.postgres import PostgresCluster, cache_root
 from bench.server import ServerProcess, app_environment
 from bench.variants import Variant
@@ -61,12 +62,27 @@ def serving(cluster: PostgresCluster, variant: Variant, db_name: str, log_dir: P
             cpu_loop: int = 1000, db_endpoint: tuple[str, int] | None = None,
             ) -> Iterator[tuple[str, str]]:
     """`variant` listening on a free port over `db_name`, a fresh clone of the template:
-    (base URL, database); the server stopped and the database dropped afterwards.
-    `db_endpoint`: where the server reaches PostgreSQL (a latency proxy), if not directly."""
+    (base URL, database); the server stopped and the database dropped afterwards. A variant
+    that declares [pgbouncer] reaches the database through its own PgBouncer (the test is
+    skipped where no pgbouncer program is installed). `db_endpoint`: where the server
+    reaches PostgreSQL (a latency proxy), if not directly (and not through PgBouncer)."""
+    with pgbouncer_for(cluster, variant) as pooler, serving_through(
+            cluster, pooler, variant, db_name, log_dir, cpu_loop, db_endpoint) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving_through(cluster: PostgresCluster, pooler: PgBouncer | None, variant: Variant,
+                    db_name: str, log_dir: Path, cpu_loop: int = 1000,
+                    db_endpoint: tuple[str, int] | None = None,
+                    ) -> Iterator[tuple[str, str]]:
+    """`serving`, the app reaching the database through `pooler` when it is not None, else
+    through `db_endpoint` when given."""
     db = cluster.clone_database(db_name)
     port = free_port("127.0.0.1")
-    host, db_port = db_endpoint or (None, None)
-    env = app_environment(variant, cluster.app_env(db, host, db_port), ["127.0.0.1"], cpu_loop)
+    endpoint = (pooler.host, pooler.port) if pooler else db_endpoint
+    db_env = cluster.app_env(db, *(endpoint or ()))
+    env = app_environment(variant, db_env, ["127.0.0.1"], cpu_loop)
     server = ServerProcess(variant.server_command("127.0.0.1", port), env,
                            log_dir / "server.log")
     server.start()
@@ -76,6 +92,26 @@ def serving(cluster: PostgresCluster, variant: Variant, db_name: str, log_dir: P
     finally:
         server.stop()
         cluster.drop_database(db)
+
+
+@contextlib.contextmanager
+def pgbouncer_for(cluster: PostgresCluster, variant: Variant) -> Iterator[PgBouncer | None]:
+    """The variant's PgBouncer in front of `cluster`, or None when it declares none."""
+    if variant.pgbouncer is None:
+        yield None
+        return
+    try:
+        program = find_binary()
+    except PgBouncerError as exc:
+        pytest.skip(str(exc))
+    assert cluster.port is not None
+    pooler = PgBouncer(program, cluster.pgbouncer_folder)
+    try:
+        pooler.start(variant.pgbouncer, cluster.host, cluster.port, cluster.user,
+                     cluster.scram_secret())
+        yield pooler
+    finally:
+        pooler.stop()
 
 
 def request_json(url: str, body: bytes | None = None, method: str | None = None,

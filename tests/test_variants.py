@@ -25,7 +25,8 @@ pool = false
 
 SHIPPED = {"sync_gunicorn", "async_uvicorn", "async_unlimited", "async_hypercorn", "async_daphne",
            "async_pooled", "async_native", "sync_gthread"}
-OPT_IN = {"sync_gevent", "sync_granian", "async_granian", "async_gunicorn_asgi", "async_uvloop"}
+OPT_IN = {"sync_gevent", "sync_granian", "async_granian", "async_gunicorn_asgi", "async_uvloop",
+          "async_pgbouncer", "sync_gthread_pgbouncer"}
 
 
 def write_variant(root: Path, name: str, text: str) -> Path:
@@ -45,6 +46,7 @@ def test_the_shipped_variants_are_discovered_and_valid() -> None:
     # Pinned to asyncio + h11: uvicorn-worker's UvicornWorker picks uvloop and httptools
     # whenever they are installed, which would change the study's setup with the venv.
     assert "uvicorn_worker.UvicornH11Worker" in by_label["Async Limited"].command
+    assert all((v.folder / "Dockerfile").is_file() for v in variants.values())
 
 
 def test_the_opt_in_variants_stay_out_of_the_default_matrix_and_say_what_they_need() -> None:
@@ -172,9 +174,11 @@ def run_cli(*args: str, servers: Path | None = None) -> subprocess.CompletedProc
 def test_cli_lists_variants() -> None:
     result = run_cli("variants")
     assert result.returncode == 0, result.stderr
-    names = {line.split()[0] for line in result.stdout.splitlines()}
-    assert SHIPPED <= names
-    assert any(line.split()[1:3] == ["wsgi", "sync"] for line in result.stdout.splitlines())
+    # Each line: a mark ("-": not in the default matrix, else blank), name, interface, views.
+    marks = {line[2:].split()[0]: line[0] for line in result.stdout.splitlines()}
+    assert SHIPPED <= set(marks)
+    assert marks["async_pgbouncer"] == "-" and marks["sync_gunicorn"] == " "
+    assert any(line[2:].split()[1:3] == ["wsgi", "sync"] for line in result.stdout.splitlines())
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ ResourceValues = dict[tuple[str, str], dict[str, float | None]]
 def resource_values(run: Run) -> ResourceValues:
     values: ResourceValues = {}
     keys = ("peak_server_rss_mib", "peak_server_db_rss_mib", "peak_server_threads",
-            "peak_db_connections")
+            "peak_db_connections", "peak_pgbouncer_rss_mib", "peak_pgbouncer_clients",
+            "peak_pgbouncer_servers")
     for column in [c.name for c in run.columns]:
         for route in run.routes:
             cells = [c for c in run.cells if (c.column, c.route) == (column, route)
@@ -34,22 +35,33 @@ def resource_values(run: Run) -> ResourceValues:
 def resources_table(values: ResourceValues) -> Table | None:
     if not values:
         return None
+    # PgBouncer's columns only in a run where a variant had one.
+    pooled = any(entry.get("peak_pgbouncer_rss_mib") is not None for entry in values.values())
     rows = []
     for (column, route), entry in values.items():
-        rows.append([TableCell(column), TableCell(f"{route}/"),
-                     TableCell(number(entry["peak_server_rss_mib"]), True),
-                     TableCell(number(entry["peak_server_db_rss_mib"]), True),
-                     TableCell(number(entry["peak_server_threads"], 0), True),
-                     TableCell(number(entry["peak_db_connections"], 0), True),
-                     TableCell(number(entry["rss_per_in_flight_kib"], 0), True)])
-    return Table("Resources per column and route",
-                 ["column", "route", "peak server MiB", "peak server + DB MiB",
-                  "peak threads", "peak DB connections", "KiB per concurrent request"],
-                 rows, [],
-                 ["Peaks are the maximum over latencies and repeats; memory is "
-                  "proportional set size. KiB per concurrent request: growth of server + "
-                  "DB memory over the run divided by the mean number of requests in "
-                  "flight (Little's law), averaged over the cells."])
+        row = [TableCell(column), TableCell(f"{route}/"),
+               TableCell(number(entry["peak_server_rss_mib"]), True),
+               TableCell(number(entry["peak_server_db_rss_mib"]), True),
+               TableCell(number(entry["peak_server_threads"], 0), True),
+               TableCell(number(entry["peak_db_connections"], 0), True),
+               TableCell(number(entry["rss_per_in_flight_kib"], 0), True)]
+        if pooled:
+            row += [TableCell(number(entry["peak_pgbouncer_rss_mib"]), True),
+                    TableCell(number(entry["peak_pgbouncer_clients"], 0), True),
+                    TableCell(number(entry["peak_pgbouncer_servers"], 0), True)]
+        rows.append(row)
+    header = ["column", "route", "peak server MiB", "peak server + DB MiB", "peak threads",
+              "peak DB connections", "KiB per concurrent request"]
+    notes = ["Peaks are the maximum over latencies and repeats; memory is proportional set "
+             "size. KiB per concurrent request: growth of server + DB memory over the run "
+             "divided by the mean number of requests in flight (Little's law), averaged "
+             "over the cells."]
+    if pooled:
+        header += ["peak PgBouncer MiB", "peak PgBouncer clients", "peak PgBouncer servers"]
+        notes.append("PgBouncer (where a variant has one): its memory (also counted in server "
+                     "+ DB), the app's connections to it (clients) and its connections to "
+                     "PostgreSQL (servers), counted from its sockets.")
+    return Table("Resources per column and route", header, rows, [], notes)
 
 
 def failures_table(run: Run) -> Table | None:

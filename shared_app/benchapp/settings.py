@@ -85,6 +85,9 @@ DATABASES = {
         "USER": os.environ.get("DB_USER", "bench"),
         "PASSWORD": os.environ.get("DB_PASSWORD", ""),
         "CONN_MAX_AGE": _conn_max_age,
+        # Behind a pooler in transaction mode (PgBouncer), as Django's docs require: the
+        # next transaction may run on another server connection, without the cursor.
+        "DISABLE_SERVER_SIDE_CURSORS": _flag("DB_DISABLE_SERVER_SIDE_CURSORS"),
         "OPTIONS": {"pool": _pool} if _pool else {},
     }
 }
