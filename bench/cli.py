@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", type=_results_folder, metavar="RESULTS_DIR")
 
     table = sub.add_parser("table", help="print README's results table for a results folder",
-                           description="Print, as Markdown, steady sRPS ± 95%% CI at each "
+                           description="Print, as Markdown, steady sRPS ± 95% CI at each "
                                        "latency, peak DB connections and peak server + DB "
                                        "memory per column, under the run id and commit.")
     table.add_argument("results", type=_results_folder, metavar="RESULTS_DIR")
