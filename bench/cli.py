@@ -327,7 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, metavar="DIR",
                          help="folder for compare.md, compare.html and figures/ (default: "
                               "NEW)")
+    compare.add_argument("--pair", type=_column_pair, action="append", default=[],
+                         metavar="BASE_COLUMN=NEW_COLUMN",
+                         help="compare NEW's column with BASE's column of another name, "
+                              "e.g. async_pooled=async_pooled+pool5 for a sweep's setting "
+                              "(repeatable)")
     return parser
+
+
+def _column_pair(text: str) -> tuple[str, str]:
+    base, sep, new = text.partition("=")
+    if not sep or not base.strip() or not new.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected BASE_COLUMN=NEW_COLUMN, e.g. async_pooled=async_pooled+pool5, got "
+            f"{text!r}")
+    return base.strip(), new.strip()
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
@@ -504,7 +518,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from bench.report.terminal import print_compare
 
     comparison, report, paths = write_comparison(args.base, args.new, args.min_change,
-                                                 args.out)
+                                                 args.out, args.pair)
     # Piped or redirected: wide enough for the cell table instead of rich's 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 200)
     print_compare(report, console)

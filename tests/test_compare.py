@@ -231,6 +231,28 @@ def test_runs_with_nothing_in_common_are_a_report_error(tmp_path: Path) -> None:
         compare_runs(read_run(base), read_run(new))
 
 
+def test_pair_compares_a_sweep_column_with_its_base_column(tmp_path: Path) -> None:
+    """A deliberate change of setting gets another column name (async_pooled+pool5): --pair
+    matches it with BASE's column, and only NEW's column of that name is dropped."""
+    base = make_run(tmp_path / "base", {("async_pooled", "io_create", 100): (160.0, 5.0)})
+    new = make_run(tmp_path / "new", {("async_pooled+pool5", "io_create", 100): (45.0, 2.0),
+                                      ("async_pooled", "io_create", 100): (999.0, 5.0)})
+    pairs = [("async_pooled", "async_pooled+pool5")]
+    comparison = compare_runs(read_run(base), read_run(new), 0.05, pairs)
+    [cell] = comparison.cells
+    assert (cell.column, cell.verdict) == ("async_pooled", SLOWER)
+    assert cell.ratio == pytest.approx(45.0 / 160.0)
+    assert any("async_pooled+pool5 is compared with BASE's async_pooled" in w
+               for w in comparison.warnings)
+    with pytest.raises(ReportError, match="NEW .* has no column 'async_pooled\\+pool9'"):
+        compare_runs(read_run(base), read_run(new), 0.05,
+                     [("async_pooled", "async_pooled+pool9")])
+    result = run_compare(str(base), str(new), "--pair", "async_pooled=async_pooled+pool5",
+                         "--fail-on-regression", "--out", str(tmp_path / "o"))
+    assert result.returncode == 1, result.stderr
+    assert "async_pooled io_create/ 100 ms" in result.stderr
+
+
 # -- the runs' context --------------------------------------------------------------------------
 
 def test_a_mismatched_backend_is_a_warning(tmp_path: Path) -> None:
@@ -342,6 +364,8 @@ def test_exit_codes_of_the_gate(tmp_path: Path) -> None:
                                                   "0.05 or 5%, got '-5%'"),
     (["{base}", "{base}", "--min-change=-0.05"], "--min-change: must be a fraction"),
     (["{base}", "{base}", "--min-change", "100%"], "--min-change: must be a fraction"),
+    (["{base}", "{base}", "--pair", "async_pooled"], "expected BASE_COLUMN=NEW_COLUMN"),
+    (["{base}", "{base}", "--pair", "nope=sync_gunicorn"], "has no column 'nope'"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, args: list[str],
                                              message: str) -> None:

@@ -44,7 +44,7 @@ def build_report(results_dir: Path) -> list[Path]:
 
 
 def write_comparison(base_dir: Path, new_dir: Path, min_change: float = 0.0,
-                     out_dir: Path | None = None
+                     out_dir: Path | None = None, pairs: list[tuple[str, str]] | None = None,
                      ) -> tuple[RunComparison, CompareReport, list[Path]]:
     """Compare two results folders; write compare.md, compare.html and
     figures/compare_ratios.png into `out_dir` (default: `new_dir`)."""
@@ -53,7 +53,7 @@ def write_comparison(base_dir: Path, new_dir: Path, min_change: float = 0.0,
     from bench.report.render import render_compare_html, render_compare_markdown
     from bench.results import write_text_atomic
 
-    comparison = compare_runs(read_run(base_dir), read_run(new_dir), min_change)
+    comparison = compare_runs(read_run(base_dir), read_run(new_dir), min_change, pairs)
     out_dir = Path(new_dir if out_dir is None else out_dir)
     report = build_compare(comparison, out_dir / "figures")
     markdown, html = out_dir / "compare.md", out_dir / "compare.html"

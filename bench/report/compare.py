@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from scipy import stats
@@ -407,8 +407,39 @@ def _label(key: Key) -> str:
     return f"{key[0]} {key[1]}/ {key[2]} ms"
 
 
-def compare_runs(base: Run, new: Run, min_change: float = 0.0) -> RunComparison:
-    """BASE and NEW matched by (column, route, latency); ReportError when nothing matches."""
+def pair_columns(base: Run, new: Run, pairs: list[tuple[str, str]]) -> tuple[Run, list[str]]:
+    """NEW with each paired column renamed to its BASE column, so that two configurations
+    (e.g. `async_pooled` and `async_pooled+pool5`) are compared cell by cell; and one line
+    per pair saying so. ReportError for a column that is not in its run."""
+    renames: dict[str, str] = {}
+    notes = []
+    base_columns = [c.name for c in base.columns]
+    new_columns = [c.name for c in new.columns]
+    for base_column, new_column in pairs:
+        if base_column not in base_columns:
+            raise ReportError(f"--pair: BASE {base.folder} has no column {base_column!r} "
+                              f"(it has {', '.join(base_columns) or 'none'})")
+        if new_column not in new_columns:
+            raise ReportError(f"--pair: NEW {new.folder} has no column {new_column!r} "
+                              f"(it has {', '.join(new_columns) or 'none'})")
+        if new_column in renames:
+            raise ReportError(f"--pair: NEW's column {new_column!r} is paired twice")
+        renames[new_column] = base_column
+        notes.append(f"paired (--pair): NEW's {new_column} is compared with BASE's "
+                     f"{base_column}; rows name BASE's column")
+    if not renames:
+        return new, notes
+    # A paired name may still be one of NEW's own columns: it is replaced, not merged.
+    kept = [c for c in new.cells if c.column not in set(renames.values()) - set(renames)]
+    cells = [replace(c, column=renames.get(c.column, c.column)) for c in kept]
+    return replace(new, cells=cells), notes
+
+
+def compare_runs(base: Run, new: Run, min_change: float = 0.0,
+                 pairs: list[tuple[str, str]] | None = None) -> RunComparison:
+    """BASE and NEW matched by (column, route, latency), after `pairs` (BASE column, NEW
+    column) have been renamed in NEW; ReportError when nothing matches."""
+    new, pair_notes = pair_columns(base, new, pairs or [])
     base_keys, new_keys = _keys(base), _keys(new)
     base_columns = [c.name for c in base.columns]
     new_columns = [c.name for c in new.columns]
@@ -431,6 +462,6 @@ def compare_runs(base: Run, new: Run, min_change: float = 0.0) -> RunComparison:
         new_only_cells=[_label(k) for k in new_keys if k[0] in shared and k not in
                         set(base_keys)],
         metadata=metadata_rows(base, new),
-        warnings=warnings_of(base.info, new.info),
+        warnings=[*pair_notes, *warnings_of(base.info, new.info)],
         interactions=changes, interaction_notes=interaction_notes,
         verdicts=verdict_changes(base, new))
