@@ -1,4 +1,5 @@
-"""python -m bench {variants,requirements,serve,run,report,table,compare,db,load}.
+"""python -m bench {variants,requirements,serve,run,report,table,compare,db,load,
+load-worker}.
 
 User errors (a bad variant.toml, an unknown route, missing PostgreSQL binaries...) end
 with one line on stderr and exit code 2, never a traceback.
@@ -84,6 +85,40 @@ def _seed(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
     return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (1-65535), got {text!r}")
+    return int(text)
+
+
+def _url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"must be an http(s) URL such as "
+                                         f"http://10.0.0.5:8000, got {text!r}")
+    return text.rstrip("/")
+
+
+def _column_name(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[a-z0-9_+\-]+", text):
+        raise argparse.ArgumentTypeError(f"must be lowercase letters, digits, _, + or -, "
+                                         f"got {text!r}")
+    return text
+
+
+def _master(text: str) -> tuple[str, int]:
+    from bench.load import LoadError, parse_master
+
+    try:
+        return parse_master(text)
+    except LoadError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--master ")) from None
 
 
 def _names(text: str) -> list[str]:
@@ -233,9 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=_results_folder, metavar="DIR",
                      help="continue a run: keep finished cells, run the rest")
     run.add_argument("--load-processes", type=_positive, default=1,
-                     help="Locust processes (master/worker mode when > 1)")
-    run.add_argument("--target", metavar="URL",
-                     help="benchmark a deployment that runs elsewhere (no local server/DB)")
+                     help="Locust processes on this host (master/worker mode when > 1)")
+    run.add_argument("--load-workers", type=_positive, metavar="N",
+                     help="load from other hosts: each cell's Locust is a master that waits "
+                          "(up to 60 s) for N workers, started on the load hosts with "
+                          "`python -m bench load-worker --master HOST:PORT`")
+    run.add_argument("--master-bind", metavar="HOST",
+                     help="with --load-workers: the address the master listens on "
+                          "(default 0.0.0.0, every address)")
+    run.add_argument("--master-port", type=_port, metavar="P",
+                     help="with --load-workers: the master's port (default 5557)")
+    run.add_argument("--target", type=_url, metavar="URL",
+                     help="benchmark a deployment that runs elsewhere (no local server/DB), "
+                          "as one column named by --target-name")
+    run.add_argument("--target-name", type=_column_name, metavar="NAME",
+                     help="with --target: the column's name (default: target)")
+    run.add_argument("--target-db", metavar="DSN",
+                     help="with --target: the target's PostgreSQL (e.g. postgresql://bench@db:"
+                          "5432/posts; password from PGPASSWORD), for connections counted in "
+                          "pg_stat_activity over one connection opened before the load")
     run.add_argument("--pg-max-connections", type=_int_list(1, "--pg-max-connections"),
                      metavar="N,N", help="sweep: override the variants' PostgreSQL "
                                          "max_connections; one column per value")
@@ -283,6 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Locust processes (default 1)")
     load.add_argument("--out", type=Path, required=True, metavar="DIR",
                       help="folder for Locust's files")
+
+    worker = sub.add_parser(
+        "load-worker", help="a Locust worker for `run --load-workers` on another host, "
+                            "until Ctrl-C",
+        description="Start a Locust worker (the lab's locustfile) that joins the master of "
+                    "`python -m bench run --load-workers N` at HOST:PORT; each cell is a new "
+                    "Locust run, so it joins each one in turn until Ctrl-C.")
+    worker.add_argument("--master", type=_master, required=True, metavar="HOST:PORT",
+                        help="where the run's master listens (the run prints it)")
 
     report = sub.add_parser("report", help="write report.md/report.html for a results folder",
                             description="Build report.md, report.html and figures/ from a "
@@ -419,14 +479,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _check_run_options(args: argparse.Namespace) -> None:
+    """Options that only make sense together; one line naming them."""
+    from bench.runner import RunError
+
+    if args.load_workers is None and (args.master_bind or args.master_port):
+        raise RunError("--master-bind and --master-port go with --load-workers N")
+    if args.load_workers is not None and args.load_processes > 1:
+        raise RunError("--load-workers (load from other hosts) and --load-processes (on this "
+                       "host) exclude each other")
+    if args.load_workers is not None and args.docker:
+        raise RunError("--load-workers is not supported with --docker yet")
+    if args.target is None and (args.target_name or args.target_db):
+        raise RunError("--target-name and --target-db go with --target URL")
+    if args.target is not None and args.docker:
+        raise RunError("--target and --docker exclude each other")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.load import MASTER_BIND, MASTER_PORT
     from bench.runner import RunConfig, run
 
+    _check_run_options(args)
     config = RunConfig(
         variants=args.variants, routes=args.routes, latencies_ms=args.latencies,
         profile=args.profile, repeats=args.repeats, latency_backend=args.latency_backend,
         out=args.out, resume=args.resume, load_processes=args.load_processes,
-        target=args.target, pg_bin=args.pg_bin, pg_max_connections=args.pg_max_connections,
+        load_workers=args.load_workers, master_bind=args.master_bind or MASTER_BIND,
+        master_port=args.master_port or MASTER_PORT, target=args.target,
+        target_name=args.target_name, target_db=args.target_db, pg_bin=args.pg_bin,
+        pg_max_connections=args.pg_max_connections,
         pool_sizes=args.pool_size, conn_max_ages=args.conn_max_age,
         pgbouncer_bin=args.pgbouncer_bin, cpu_loop=args.cpu_loop, cpu_ms=args.cpu_ms,
         precision=args.precision, seed=args.seed, rows=args.rows,
@@ -495,6 +577,18 @@ def cmd_load(args: argparse.Namespace) -> int:
             locust.stop()
 
 
+def cmd_load_worker(args: argparse.Namespace) -> int:
+    from bench.load import run_load_worker
+
+    host, port = args.master
+    with signals_interrupt():
+        try:
+            return run_load_worker(host, port, lambda line: print(line, flush=True))
+        except KeyboardInterrupt:
+            print("load worker: stopped", flush=True)
+            return 130
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import build_report
 
@@ -535,7 +629,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 COMMANDS = {"variants": cmd_variants, "requirements": cmd_requirements, "serve": cmd_serve,
             "run": cmd_run, "report": cmd_report, "table": cmd_table,
-            "compare": cmd_compare, "db": cmd_db, "load": cmd_load}
+            "compare": cmd_compare, "db": cmd_db, "load": cmd_load,
+            "load-worker": cmd_load_worker}
 
 
 def main(argv: list[str] | None = None) -> int:

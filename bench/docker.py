@@ -606,5 +606,8 @@ class DockerLoad:
         if self.cid:
             self.engine.run(["stop", "-t", "15", self.cid], 60, check=False)
 
+    def failure(self) -> str | None:
+        return None  # the container's exit code and log say it
+
     def log_tail(self, lines: int = 8) -> str:
         return _tail(container_logs(self.engine, self.cid), lines) if self.cid else ""

@@ -3,7 +3,16 @@
 Locust writes its CSVs under `<cell>/.locust/`; when it has finished they are moved to
 their final names (one rename each), and the per-process request logs are merged into
 `responses.csv`, so a cell folder never holds a half-written file under a final name.
-`processes > 1` uses Locust's own master/worker mode (`--processes N`).
+`processes > 1` uses Locust's own master/worker mode (`--processes N`) on this host.
+
+Across hosts (`MasterLocustRun`, `run_load_worker`) it is the same master/worker mode over
+the network: each cell's Locust is a master that waits for N workers, and each load host
+runs `python -m bench load-worker`, which starts a Locust worker, lets it take part in one
+cell's run, and starts the next one for the next cell. The workers send their request
+logs and CPU to the master (load/locustfile.py), which writes them beside a local run's,
+so everything downstream reads one shape of files. Written on Locust's own distribution
+rather than another engine, so the users, the shape and the stats are the ones a local
+run uses; what it does not do is start or copy anything onto the load hosts.
 """
 
 from __future__ import annotations
@@ -16,11 +25,13 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.paths import load_dir
 from bench.processes import stop_process
+from bench.requestlog import HEADER as RESPONSES_HEADER
 from bench.requestlog import read_request_log
 from bench.results import write_csv_atomic
 
@@ -33,9 +44,16 @@ PROFILE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "cpu_ms": ((int, float), False)}
 LOCUST_FILES = {"stats.csv": "locust_stats.csv", "stats_history.csv": "locust_stats_history.csv",
                 "failures.csv": "locust_failures.csv", "exceptions.csv": "locust_exceptions.csv"}
-RESPONSES_HEADER = ("t_s", "name", "response_time_ms", "ok", "kind")
+WORKERS_HEADER = ("unix_s", "worker", "address", "cpu_pct", "rows")
 # Locust's shape is polled once a second: the run's own end is the stop file's backstop.
 SHAPE_MARGIN_S = 3.0
+
+
+# Locust's defaults: a master binds every address, port 5557.
+MASTER_BIND = "0.0.0.0"  # noqa: S104 - workers on other hosts must reach it
+MASTER_PORT = 5557
+WORKER_WAIT_S = 60.0  # how long a cell's master waits for its workers
+LOCUST_ENV = ("BENCH_PROFILE", "BENCH_RESPONSES_DIR", "BENCH_STOP_FILE")
 
 
 class LoadError(Exception):
@@ -155,12 +173,15 @@ class LocustRun:
             cmd += ["--processes", str(self.processes)]
         return [*cmd, USER_CLASSES[self.route]]
 
-    def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["BENCH_PROFILE"] = json.dumps({
+    def profile_json(self) -> str:
+        return json.dumps({
             "users": self.profile.users, "spawn_rate": self.profile.spawn_rate,
             "timeout_s": self.profile.timeout_s,
             "duration_s": self.profile.max_duration_s + SHAPE_MARGIN_S})
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["BENCH_PROFILE"] = self.profile_json()
         env["BENCH_RESPONSES_DIR"] = str(self.work_dir)
         env["BENCH_STOP_FILE"] = str(self.stop_file)
         return env
@@ -216,6 +237,13 @@ class LocustRun:
             stop_process(self._proc, 8)
         self._finish()
 
+    def failure(self) -> str | None:
+        """Why the load failed, as its Locust wrote it (a lost worker), or None."""
+        for path in (self.work_dir / "failure", self.out_dir / "load_failure.txt"):
+            with contextlib.suppress(OSError):
+                return path.read_text().strip() or None
+        return None
+
     def log_tail(self, lines: int = 8) -> str:
         for path in (self.work_dir / "locust.log", self.out_dir / "locust.log"):
             with contextlib.suppress(OSError):
@@ -234,6 +262,78 @@ class LocustRun:
                 os.replace(src, self.out_dir / final)
         log = read_request_log(self.work_dir, fallback_start=self.started_at)
         write_csv_atomic(self.out_dir / "responses.csv", RESPONSES_HEADER, log.rows())
-        if (self.work_dir / "locust.log").is_file():
-            os.replace(self.work_dir / "locust.log", self.out_dir / "locust.log")
+        for written, final in (("locust.log", "locust.log"), ("failure", "load_failure.txt")):
+            if (self.work_dir / written).is_file():
+                os.replace(self.work_dir / written, self.out_dir / final)
+        workers = self.work_dir / "workers.csv"
+        if workers.is_file():
+            rows = [line.split(",") for line in workers.read_text().splitlines() if line]
+            write_csv_atomic(self.out_dir / "load_workers.csv", WORKERS_HEADER, rows)
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+class MasterLocustRun(LocustRun):
+    """One cell's Locust as a master on this host: it waits up to `wait_s` for `workers`
+    Locust workers (`python -m bench load-worker` on the load hosts), then runs the test
+    through them; the workers' request logs and CPU come back to it."""
+
+    def __init__(self, url: str, route: str, profile: Profile, out_dir: Path, workers: int,
+                 bind: str = MASTER_BIND, port: int = MASTER_PORT,
+                 wait_s: float = WORKER_WAIT_S, cpu_affinity: list[int] | None = None) -> None:
+        super().__init__(url, route, profile, out_dir, cpu_affinity=cpu_affinity)
+        self.workers = workers
+        self.bind = bind
+        self.port = port
+        self.wait_s = wait_s
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        user_class = cmd.pop()
+        return [*cmd, "--master", "--master-bind-host", self.bind,
+                "--master-bind-port", str(self.port), "--expect-workers", str(self.workers),
+                "--expect-workers-max-wait", str(int(self.wait_s)),
+                "--bench-profile", self.profile_json(), user_class]
+
+    def failure(self) -> str | None:
+        reason = super().failure()
+        if reason is None and "Gave up waiting for workers" in self.log_tail(40):
+            return (f"fewer than {self.workers} load workers joined the master at "
+                    f"{self.bind}:{self.port} within {self.wait_s:.0f} s (start `python -m "
+                    f"bench load-worker --master HOST:{self.port}` on each load host)")
+        return reason
+
+
+def parse_master(text: str) -> tuple[str, int]:
+    """HOST:PORT of a master (--master), or a LoadError saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LoadError(f"--master expects HOST:PORT (e.g. 10.0.0.5:{MASTER_PORT}), "
+                        f"got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def worker_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "locust", "-f", str(load_dir() / "locustfile.py"),
+            "--worker", "--master-host", host, "--master-port", str(port),
+            "--loglevel", "WARNING"]
+
+
+def run_load_worker(host: str, port: int, say: Callable[[str], None] = print) -> int:
+    """A Locust worker for every run of the master at host:port, one after another: each
+    cell is a new Locust run, and a worker leaves when its run ends. Until Ctrl-C (the
+    caller turns SIGINT/SIGTERM into KeyboardInterrupt); the worker is stopped with it."""
+    env = {k: v for k, v in os.environ.items() if k not in LOCUST_ENV}
+    runs = 0
+    say(f"load worker: joining the master at {host}:{port} for each cell (Ctrl-C stops)")
+    while True:
+        proc = subprocess.Popen(worker_command(host, port), env=env,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                stop_process(proc, 5)
+        runs += 1
+        say(f"load worker: Locust run {runs} ended (exit code {code}); waiting for the "
+            f"next cell's master at {host}:{port}")
+        time.sleep(0.5)

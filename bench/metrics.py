@@ -131,6 +131,35 @@ def resource_metrics(path: Path, window_start_s: float) -> dict[str, Any]:
     }
 
 
+def load_worker_metrics(path: Path) -> dict[str, Any]:
+    """Per remote load worker (load_workers.csv): its address, rows sent, mean and peak CPU
+    (% of one core, a 3-report moving average for the peak); a worker that sent no CPU
+    figure is listed in load_cpu_not_measured, never counted as 0."""
+    by_worker: dict[str, dict[str, Any]] = {}
+    for row in read_csv(path):
+        name = row.get("worker") or "?"
+        entry = by_worker.setdefault(name, {"address": row.get("address") or None,
+                                            "rows": 0, "cpu": []})
+        entry["rows"] += int(to_float(row.get("rows")) or 0)
+        cpu = to_float(row.get("cpu_pct"))
+        if cpu is not None:
+            entry["cpu"].append(cpu)
+    if not by_worker:
+        return {}
+    workers, not_measured = [], []
+    for name, entry in sorted(by_worker.items()):
+        cpu = entry.pop("cpu")
+        smooth = [statistics.fmean(cpu[i:i + 3]) for i in range(max(len(cpu) - 2, 1))
+                  ] if cpu else []
+        workers.append({"worker": name, **entry, "mean_cpu_pct": _mean(cpu),
+                        "peak_cpu_pct": round(max(smooth), 1) if smooth else None})
+        if not cpu:
+            not_measured.append(name)
+    return {"load_workers": workers, "load_cpu_not_measured": not_measured,
+            "load_workers_saturated": any((w["peak_cpu_pct"] or 0) > SATURATED_CPU_PCT
+                                          for w in workers)}
+
+
 def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
 
@@ -148,6 +177,11 @@ def cell_metrics(cell_dir: Path, profile: Profile, end_s: float | None = None
     metrics.update(history_metrics(cell_dir / "stats_history.csv"))
     metrics.update(resource_metrics(cell_dir / "resources.csv",
                                     metrics.get("warmup_s", profile.ramp_s)))
+    workers = load_worker_metrics(cell_dir / "load_workers.csv")
+    if workers:
+        metrics.update(workers)
+        metrics["load_generator_saturated"] = bool(
+            metrics.get("load_generator_saturated") or workers["load_workers_saturated"])
     in_flight = metrics.get("mean_in_flight")
     if in_flight and in_flight >= 1 and metrics.get("peak_server_db_rss_mib") is not None:
         growth = metrics["peak_server_db_rss_mib"] - metrics["baseline_server_db_rss_mib"]

@@ -67,6 +67,9 @@ class CellMetrics(TypedDict, total=False):
     peak_pgbouncer_rss_mib: float | None
     peak_pgbouncer_clients: int | None
     peak_pgbouncer_servers: int | None
+    load_workers: list[dict[str, Any]]  # remote load workers: address, rows, CPU
+    load_cpu_not_measured: list[str]  # workers whose CPU did not come back
+    load_workers_saturated: bool
 
 
 @dataclass
@@ -89,6 +92,8 @@ class CellRecord:
     latency_backend: str | None = None
     placement: dict[str, list[int]] = field(default_factory=dict)
     mode: str = "local"
+    load_workers: int | None = None  # remote Locust workers that sent requests (None: local)
+    not_measured: list[str] = field(default_factory=list)  # figures this cell could not see
     order: int | None = None  # position in the run's (shuffled) order
     stopped_by: str | None = None  # precision | max_hold | None (did not finish)
     precision: float | None = None

@@ -2,11 +2,13 @@
 
 While Locust runs, each of its processes appends to `responses.<pid>.csv` in its work folder
 (end time as Unix seconds, name, response time in ms, ok 1/0, failure kind) and writes
-`start.<pid>` (Unix seconds) when its test starts. `RequestLog` reads those files
-incrementally, complete lines only, so the runner can judge the steady state while the load
-runs; at the end the rows are merged into the cell's `responses.csv`, times relative to the
-load's start. `read_responses` reads that file back: metrics and the report read requests
-through here and nowhere else.
+`start.<pid>` (Unix seconds) when its test starts; a master writes the rows its remote
+workers send as `responses.w<index>.csv` and `start.w<index>` (load/locustfile.py). The part
+between the dots names where a row came from: the `source` column of responses.csv.
+`RequestLog` reads those files incrementally, complete lines only, so the runner can judge
+the steady state while the load runs; at the end the rows are merged into the cell's
+`responses.csv`, times relative to the load's start. `read_responses` reads that file back:
+metrics and the report read requests through here and nowhere else.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-HEADER = ("t_s", "name", "response_time_ms", "ok", "kind")
+HEADER = ("t_s", "name", "response_time_ms", "ok", "kind", "source")
 
 
 @dataclass
@@ -57,7 +59,7 @@ class RequestLog:
         self.folder = folder
         self.fallback_start = fallback_start
         self._offsets: dict[Path, int] = {}
-        self._rows: list[tuple[float, str, float, bool, str]] = []
+        self._rows: list[tuple[float, str, float, bool, str, str]] = []
 
     def start(self) -> float | None:
         """When the load started (Unix s): the earliest `start.<pid>` of Locust's processes."""
@@ -86,12 +88,13 @@ class RequestLog:
             if complete == 0:
                 continue
             self._offsets[path] = offset + complete
+            source = path.name.removeprefix("responses.").removesuffix(".csv")
             for row in _parse(chunk[:complete].decode("utf-8", errors="replace")):
                 end, rt = _number(row[0]), _number(row[2])
                 if end is None or rt is None:  # the header, or a damaged line
                     continue
                 self._rows.append((end, row[1], rt, row[3] == "1", row[4] if len(row) > 4
-                                   else ""))
+                                   else "", source))
                 added += 1
         return added
 
@@ -105,14 +108,14 @@ class RequestLog:
         return Responses(np.array([r[0] - origin for r in rows]), np.array([r[2] for r in rows]),
                          np.array([r[3] for r in rows], dtype=bool), [r[4] for r in rows])
 
-    def rows(self) -> list[tuple[float, str, float, int, str]]:
+    def rows(self) -> list[tuple[float, str, float, int, str, str]]:
         """Rows for responses.csv (after a final poll), sorted by time."""
         self.poll()
         start = self.start()
         ordered = sorted(self._rows)
         origin = start if start is not None else (ordered[0][0] if ordered else 0.0)
-        return [(round(end - origin, 3), name, round(rt, 2), int(ok), kind)
-                for end, name, rt, ok, kind in ordered]
+        return [(round(end - origin, 3), name, round(rt, 2), int(ok), kind, source)
+                for end, name, rt, ok, kind, source in ordered]
 
 
 def read_request_log(folder: Path, fallback_start: float | None = None) -> RequestLog:

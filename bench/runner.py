@@ -26,6 +26,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +39,15 @@ from rich.console import Console
 
 from bench import metadata
 from bench.latency import LatencySession, open_latency, resolve_backend
-from bench.load import LocustRun, Profile, load_profile
+from bench.load import (
+    MASTER_BIND,
+    MASTER_PORT,
+    WORKER_WAIT_S,
+    LocustRun,
+    MasterLocustRun,
+    Profile,
+    load_profile,
+)
 from bench.machine import STUDY_CPU_LOOP, Calibration, calibrate
 from bench.metrics import cell_metrics
 from bench.paths import results_dir
@@ -81,7 +90,12 @@ class RunConfig:
     out: Path | None = None
     resume: Path | None = None
     load_processes: int = 1
+    load_workers: int | None = None  # None: Locust on this host; N: a master waiting for N
+    master_bind: str = MASTER_BIND
+    master_port: int = MASTER_PORT
     target: str | None = None
+    target_name: str | None = None  # the column of a --target run
+    target_db: str | None = None  # DSN of the target's PostgreSQL (pg_stat_activity)
     pg_bin: Path | None = None
     pg_max_connections: list[int] | None = None
     pool_sizes: list[int] | None = None
@@ -190,6 +204,37 @@ def placement() -> dict[str, list[int]]:
     return {"server_cpus": cpus[-1:], "other_cpus": cpus[:-1], "latency_cpus": cpus}
 
 
+def host_addresses() -> list[str]:
+    """This host's IPv4 addresses other than loopback (loopback when it has none)."""
+    import psutil
+
+    addresses = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                 if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    return addresses or ["127.0.0.1"]
+
+
+def served_address(config: RunConfig) -> str:
+    """Where a local server listens for remote load workers: --master-bind, or this host's
+    first address when the master listens on all of them."""
+    if config.master_bind in {"0.0.0.0", "*", ""}:  # noqa: S104 - reading the setting
+        return host_addresses()[0]
+    return config.master_bind
+
+
+def worker_instructions(config: RunConfig) -> str:
+    """Where the load workers should connect (every address of this host when the master
+    listens on all of them)."""
+    bind, port = config.master_bind, config.master_port
+    if bind in {"0.0.0.0", "*", ""}:  # noqa: S104 - reading the setting, not binding
+        addresses = host_addresses()
+    else:
+        addresses = [bind]
+    where = " or ".join(f"{a}:{port}" for a in addresses)
+    return (f"load: each cell's Locust master waits up to {WORKER_WAIT_S:.0f} s for "
+            f"{config.load_workers} worker(s) on {bind}:{port}; on each load host run: "
+            f"python -m bench load-worker --master HOST:{port}  (HOST: {where})")
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -245,6 +290,7 @@ class LoadRun(Protocol):
     def request_stop(self) -> None: ...
     def wait(self, timeout: float | None = None) -> int: ...
     def stop(self) -> None: ...
+    def failure(self) -> str | None: ...
     def log_tail(self, lines: int = 8) -> str: ...
 
 
@@ -311,6 +357,10 @@ class Runner:
         if self.backend == "none" and any(config.latencies_ms):
             raise RunError("--latency-backend none adds no latency: use --latencies 0, or "
                            "--latency-backend auto|proxy|netem")
+        if config.load_workers and not config.target and self.backend != "none":
+            raise RunError("with --load-workers the local server must be reachable from the "
+                           "load hosts, which the latency backends (on this host only) are "
+                           "not: use --latency-backend none --latencies 0, or --target URL")
         self.calibration: Calibration | None = None
         self.cpu_loop = STUDY_CPU_LOOP
         self.cpu_work: dict[str, Any] = dict(previous.get("cpu_work") or {})
@@ -416,6 +466,8 @@ class Runner:
                       f"{self.backend}; profile {self.profile.name}; seed {self.config.seed}; "
                       f"calibration {self.calibration.median_ms:.1f} ms "
                       f"± {100 * self.calibration.cv:.1f}%; cpu/ loop {self.cpu_loop:,})")
+        if self.config.load_workers:
+            console.print(worker_instructions(self.config))
         status = "complete"
         failed = 0
         try:
@@ -494,12 +546,22 @@ class Runner:
         finally:
             if not record.metrics:
                 record.metrics = _safe_metrics(cell_dir, self.profile)
+            workers = record.metrics.get("load_workers")
+            if self.config.load_workers or workers:
+                record.load_workers = len(workers or [])
+            record.not_measured = [*self.not_measured(), *(
+                f"load CPU of worker {name}"
+                for name in record.metrics.get("load_cpu_not_measured", []))]
             record.started_at = started
             record.ended_at = now_iso()
             record.duration_s = round(time.monotonic() - t0, 2)
             record.overhead_s = round(record.duration_s - load_s, 2)
             record.write(cell_dir / "cell.json")
         return record
+
+    def not_measured(self) -> list[str]:
+        """Figures a cell of this run cannot see (a deployment elsewhere)."""
+        return []
 
     # -- hooks: what a cell measures, and its load --------------------------------------
 
@@ -511,6 +573,9 @@ class Runner:
         pooler: PgBouncer | None = None
         session: LatencySession = stack.enter_context(
             open_latency(self.backend, cell.latency_ms, self.place["latency_cpus"]))
+        if self.config.load_workers:
+            # Served where the load hosts reach it: the master's address.
+            session.server_bind_host = served_address(self.config)
         cluster = self._ensure_cluster(cell.variant, session.pg_listen_host)
         if not session.server_bind_host.startswith("127."):
             # A server in its own namespace connects from its veth address.
@@ -554,9 +619,15 @@ class Runner:
                                cluster, session, pooler)
 
     def start_load(self, cell: Cell, cell_dir: Path, deployment: Deployment) -> LoadRun:
-        locust = LocustRun(deployment.url, cell.route, self.profile, cell_dir,
-                           processes=self.config.load_processes,
-                           cpu_affinity=None if self.config.target else self.place["other_cpus"])
+        cpus = None if self.config.target else self.place["other_cpus"]
+        locust: LocustRun
+        if self.config.load_workers:
+            locust = MasterLocustRun(deployment.url, cell.route, self.profile, cell_dir,
+                                     self.config.load_workers, self.config.master_bind,
+                                     self.config.master_port, cpu_affinity=cpus)
+        else:
+            locust = LocustRun(deployment.url, cell.route, self.profile, cell_dir,
+                               processes=self.config.load_processes, cpu_affinity=cpus)
         locust.start()
         return locust
 
@@ -597,7 +668,8 @@ class Runner:
         start, None if it ended by itself)."""
         profile = self.profile
         log = RequestLog(load.live_dir, fallback_start=load.started_at)
-        deadline = time.monotonic() + profile.max_duration_s + profile.timeout_s + 60
+        deadline = time.monotonic() + profile.max_duration_s + profile.timeout_s + 60 + (
+            WORKER_WAIT_S if self.config.load_workers else 0)
         looks_precise = 0
         while time.monotonic() < deadline:
             try:
@@ -606,7 +678,7 @@ class Runner:
                 pass
             else:
                 if code != 0:
-                    return f"Locust exited with code {code}:\n{load.log_tail()}", None
+                    return _load_failed(load, code), None
                 record.stopped_by = "max_hold"
                 return crashed(), None
             reason = crashed()
@@ -644,7 +716,16 @@ class Runner:
         except TimeoutError:
             load.stop()
             return None
-        return None if code == 0 else f"Locust exited with code {code}:\n{load.log_tail()}"
+        return None if code == 0 else _load_failed(load, code)
+
+
+def _load_failed(load: LoadRun, code: int) -> str:
+    """A load generator's failure: its own one-line reason (a lost worker) when it gave one."""
+    reason = load.failure()
+    tail = load.log_tail()
+    if reason:
+        return f"{reason} (Locust exit code {code})\n{tail}"
+    return f"Locust exited with code {code}:\n{tail}"
 
 
 class _Phases:

@@ -10,6 +10,17 @@ Run by `bench/load.py` (headless, as a subprocess); configured by environment:
 One user class per route (CpuUser, IoReadUser, IoCreateUser), chosen on Locust's command
 line. No wait time: each user sends its next request as soon as the last one is answered.
 
+Across hosts (`bench run --load-workers N`, `bench load-worker`) the master runs this file
+with the environment above; a worker on another host has none of it. The master's
+`--bench-profile` (a custom argument, which Locust hands to every worker with each spawn)
+gives the workers the timeout; each worker sends its rows, its start time and its CPU to
+the master in "bench_rows" messages about once a second, and the master appends them to
+`responses.w<index>.csv`, `start.w<index>` and `workers.csv` in its BENCH_RESPONSES_DIR, so
+the harness reads a remote worker's requests exactly like a local process's. Before the
+test ends the master asks every worker for its last rows ("bench_flush") and waits for
+them. A worker that goes missing mid-test (no heartbeat) or quits ends the test at once:
+the master writes why to `failure` in that folder and exits with code 3.
+
 A failed request is named by kind, so failures.csv counts kinds directly:
   "HTTP <status> <error kind from the JSON body>", "timeout", "connection refused",
   "connection reset", or the exception's class name.
@@ -21,18 +32,37 @@ import csv
 import json
 import os
 import random
+import socket
 import string
 import time
 from typing import Any
 
+import gevent
+import psutil
 from locust import FastHttpUser, LoadTestShape, events, task
-from locust.runners import MasterRunner
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 PROFILE: dict[str, Any] = json.loads(os.environ.get("BENCH_PROFILE") or "{}")
 TIMEOUT_S = float(PROFILE.get("timeout_s", 60))
 RESPONSES_DIR = os.environ.get("BENCH_RESPONSES_DIR", "")
 STOP_FILE = os.environ.get("BENCH_STOP_FILE", "")
 ALPHABET = string.ascii_letters + string.digits + " "
+SEND_INTERVAL_S = 1.0  # how often a worker sends its rows to the master
+FLUSH_WAIT_S = 5.0  # how long the master waits for the workers' last rows
+LOST_WORKER_EXIT_CODE = 3
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser: Any) -> None:
+    parser.add_argument("--bench-profile", default="", include_in_web_ui=False,
+                        help="the profile as JSON (the master hands it to its workers)")
+
+
+def _configure(profile: dict[str, Any]) -> None:
+    """Apply a profile received from the master (users are created after test_start)."""
+    timeout = float(profile.get("timeout_s", TIMEOUT_S))
+    _RouteUser.network_timeout = timeout
+    _RouteUser.connection_timeout = timeout
 
 
 def failure_kind(status: int, body: bytes | None, error: BaseException | None) -> str:
@@ -103,14 +133,18 @@ class IoCreateUser(_RouteUser):
 
 class ProfileShape(LoadTestShape):
     """Ramp to `users` at `spawn_rate` and hold, until the harness's stop file appears or
-    `duration_s` (the backstop) passes."""
+    `duration_s` (the backstop) passes; on a master, also until a worker is lost."""
 
     def tick(self) -> tuple[int, float] | None:
         if not PROFILE:
             return None
-        if STOP_FILE and os.path.exists(STOP_FILE):
+        runner = self.runner
+        if isinstance(runner, MasterRunner) and _workers.lost(runner):
             return None
-        if self.get_run_time() >= float(PROFILE["duration_s"]):
+        if (STOP_FILE and os.path.exists(STOP_FILE)) or \
+                self.get_run_time() >= float(PROFILE["duration_s"]):
+            if isinstance(runner, MasterRunner):
+                _workers.collect_last_rows(runner)
             return None
         return int(PROFILE["users"]), float(PROFILE["spawn_rate"])
 
@@ -123,7 +157,11 @@ class _Responses:
         self.writer: Any = None
 
     def on_start(self, environment: Any = None, **_: Any) -> None:
-        if not RESPONSES_DIR or isinstance(getattr(environment, "runner", None), MasterRunner):
+        runner = getattr(environment, "runner", None)
+        if isinstance(runner, WorkerRunner) and not RESPONSES_DIR:
+            _sender.start(environment)  # a worker on another host: rows go to the master
+            return
+        if not RESPONSES_DIR or isinstance(runner, MasterRunner):
             return  # a master sends no requests
         pid = os.getpid()
         with open(os.path.join(RESPONSES_DIR, f"start.{pid}"), "w") as marker:
@@ -137,15 +175,18 @@ class _Responses:
 
     def on_request(self, name: str, response_time: float, exception: BaseException | None,
                    start_time: float | None = None, **_: Any) -> None:
-        if self.writer is None:
+        if self.writer is None and not _sender.running:
             return
         end = (start_time or time.time()) + (response_time or 0) / 1000
         kind = "" if exception is None else str(exception).split(":")[-1].strip() or type(
             exception).__name__
         if exception is not None and not kind.startswith(("HTTP", "timeout", "connection")):
             kind = failure_kind(0, None, exception)
-        self.writer.writerow((f"{end:.4f}", name, round(response_time or 0, 2),
-                              int(exception is None), kind))
+        row = (f"{end:.4f}", name, round(response_time or 0, 2), int(exception is None), kind)
+        if _sender.running:
+            _sender.rows.append(row)
+        else:
+            self.writer.writerow(row)
 
     def close(self, **_: Any) -> None:
         if self.handle is not None:
@@ -154,7 +195,156 @@ class _Responses:
             self.writer = None
 
 
+class _Sender:
+    """A worker's side: rows, start time and CPU to the master, about once a second."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.running = False
+        self.environment: Any = None
+        self.started_at = 0.0
+        self.address = ""
+        self._process = psutil.Process()
+        self._greenlet: Any = None
+
+    def start(self, environment: Any) -> None:
+        options = environment.parsed_options
+        if options is not None and getattr(options, "bench_profile", ""):
+            _configure(json.loads(options.bench_profile))
+        self.environment = environment
+        self.rows = []
+        self.started_at = time.time()
+        self.address = _own_address(getattr(environment.runner, "master_host", ""))
+        self._process.cpu_percent(None)  # the baseline of the first figure
+        self.running = True
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._loop)
+
+    def _loop(self) -> None:
+        while True:
+            gevent.sleep(SEND_INTERVAL_S)
+            if self.running:
+                self.send()
+
+    def send(self, final: bool = False) -> None:
+        rows, self.rows = self.rows, []
+        try:
+            cpu: float | None = self._process.cpu_percent(None)
+        except (psutil.Error, OSError):
+            cpu = None  # named "not measured" in the cell, never 0
+        self.environment.runner.send_message("bench_rows", {
+            "started_at": self.started_at, "address": self.address, "rows": rows,
+            "cpu_pct": cpu, "sent_at": time.time(), "final": final})
+
+    def flush(self, **_: Any) -> None:
+        if self.running:
+            self.send(final=True)
+
+    def stop(self, **_: Any) -> None:
+        if self.running:
+            self.send(final=True)
+            self.running = False
+
+
+def _own_address(master_host: str) -> str:
+    """The address this host reaches the master from (what the master sees)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((master_host or "127.0.0.1", 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return socket.gethostname()
+
+
+class _Workers:
+    """The master's side: the workers' rows into files the harness reads, lost workers."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}  # client id -> source name (w<index>)
+        self.addresses: dict[str, str] = {}  # client id -> the worker's address
+        self.joined: set[str] = set()  # every client id that took part
+        self.handles: dict[str, Any] = {}
+        self.flushed: set[str] = set()
+        self.failed = False
+
+    def on_rows(self, environment: Any, msg: Any, **_: Any) -> None:
+        if not RESPONSES_DIR:
+            return
+        data = msg.data or {}
+        runner = environment.runner
+        source = self.seen.get(msg.node_id)
+        if source is None:
+            source = f"w{runner.get_worker_index(msg.node_id)}"
+            self.seen[msg.node_id] = source
+            with open(os.path.join(RESPONSES_DIR, f"start.{source}"), "w") as marker:
+                marker.write(f"{float(data.get('started_at') or time.time()):.6f}\n")
+            handle = open(os.path.join(RESPONSES_DIR, f"responses.{source}.csv"), "a",
+                          newline="", buffering=1)
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(("end_unix_s", "name", "response_time_ms", "ok", "kind"))
+            self.handles[msg.node_id] = (handle, writer)
+        handle, writer = self.handles[msg.node_id]
+        self.addresses[msg.node_id] = str(data.get("address", ""))
+        writer.writerows(data.get("rows") or [])
+        cpu = data.get("cpu_pct")
+        with open(os.path.join(RESPONSES_DIR, "workers.csv"), "a") as log:
+            log.write(f"{float(data.get('sent_at') or time.time()):.3f},{source},"
+                      f"{data.get('address', '')},{'' if cpu is None else round(cpu, 1)},"
+                      f"{len(data.get('rows') or [])}\n")
+        if data.get("final"):
+            self.flushed.add(msg.node_id)
+
+    def lost(self, runner: Any) -> bool:
+        """A worker that took part went missing or quit: write why, end with code 3."""
+        if self.failed:
+            return True
+        self.joined |= {node.id for node in runner.clients.all}
+        for client_id in sorted(self.joined):
+            node = runner.clients[client_id] if client_id in runner.clients else None
+            if node is None or node.state == STATE_MISSING:
+                how = "quit" if node is None else "stopped answering (no heartbeat for 3 s)"
+                name = self.seen.get(client_id) or f"w{runner.get_worker_index(client_id)}"
+                address = self.addresses.get(client_id)
+                self.fail(runner.environment,
+                          f"load worker {name}{f' at {address}' if address else ''} {how} "
+                          f"mid-cell; {runner.worker_count} of {len(self.joined)} left")
+                return True
+        return False
+
+    def fail(self, environment: Any, reason: str) -> None:
+        self.failed = True
+        environment.process_exit_code = LOST_WORKER_EXIT_CODE
+        if RESPONSES_DIR:
+            with open(os.path.join(RESPONSES_DIR, "failure"), "w") as handle:
+                handle.write(reason + "\n")
+
+    def collect_last_rows(self, runner: Any) -> None:
+        """Ask every worker for its last rows and wait (a while) until they are in."""
+        runner.send_message("bench_flush")
+        deadline = time.monotonic() + FLUSH_WAIT_S
+        while time.monotonic() < deadline and not set(self.seen) <= self.flushed:
+            gevent.sleep(0.05)
+
+    def close(self, **_: Any) -> None:
+        for handle, _writer in self.handles.values():
+            handle.close()
+        self.handles = {}
+
+
 _responses = _Responses()
+_sender = _Sender()
+_workers = _Workers()
 events.test_start.add_listener(_responses.on_start)
 events.request.add_listener(_responses.on_request)
 events.quitting.add_listener(_responses.close)
+events.test_stop.add_listener(_sender.stop)
+events.quitting.add_listener(_workers.close)
+
+
+@events.init.add_listener
+def _register(environment: Any, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        runner.register_message("bench_rows", _workers.on_rows)
+    elif isinstance(runner, WorkerRunner):
+        runner.register_message("bench_flush", lambda **kw: _sender.flush())

@@ -1,0 +1,150 @@
+"""Load from several hosts, for real: a second "host" is a network namespace joined to this
+one by a veth pair (bench/latency/netem.py's Topology), running `python -m bench
+load-worker`; the run's Locust master waits for it and for a worker on this host."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from bench.latency.netem import Topology
+from bench.net import free_port
+from bench.paths import repo_root
+
+pytestmark = pytest.mark.integration
+
+SMALL = ["--rows", "2000", "--cpu-loop", "1000", "--no-report"]
+
+
+def namespaces_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if not shutil.which("ip"):
+        return "ip (iproute2) not found"
+    return None
+
+
+def netns_names() -> set[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in listed.splitlines() if line.split()}
+
+
+@contextlib.contextmanager
+def second_host(index: int) -> Iterator[Topology]:
+    """A namespace with its own veth address; removed afterwards, also on failure."""
+    topology = Topology(os.getpid(), index)
+    try:
+        for cmd in topology.setup_commands(0):
+            subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+        yield topology
+    finally:
+        for cmd in topology.teardown_commands():
+            subprocess.run(cmd, capture_output=True, timeout=30)
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(repo_root())}
+
+
+@contextlib.contextmanager
+def load_worker(master: str, netns: str | None = None) -> Iterator[subprocess.Popen[str]]:
+    """`python -m bench load-worker` (in `netns` when given), stopped by SIGTERM after."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "bench", "load-worker",
+                             "--master", master], env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None \
+            else []
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        _, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, f"a Locust worker outlived load-worker: {alive}"
+
+
+def cell(out: Path, cell_id: str) -> dict[str, Any]:
+    return json.loads((out / "cells" / cell_id / "cell.json").read_text())
+
+
+def sources(cell_dir: Path) -> set[str]:
+    with (cell_dir / "responses.csv").open(newline="") as handle:
+        return {row["source"] for row in csv.DictReader(handle)}
+
+
+def wait_until(predicate: Any, proc: subprocess.Popen[str], timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(namespaces_unavailable() is not None,
+                    reason=namespaces_unavailable() or "")
+def test_load_from_two_hosts_and_a_worker_killed_mid_cell(tmp_path: Path) -> None:
+    """Three repeats of one cell, load from a worker here and one in another namespace:
+    repeat 1 has requests from both (and cell.json counts 2 workers); the remote worker's
+    Locust is killed in repeat 2, which fails with a one-line reason; its load-worker
+    re-joins and repeat 3 runs with both again. The namespace is gone afterwards."""
+    out = tmp_path / "run"
+    before = netns_names()
+    with second_host(index=97) as host:
+        port = free_port(host.host_ip)
+        master = f"{host.host_ip}:{port}"
+        with load_worker(master) as _local, load_worker(master, host.netns) as remote:
+            run = subprocess.Popen(
+                [sys.executable, "-m", "bench", "run", "--variants", "sync_gunicorn",
+                 "--routes", "cpu", "--latencies", "0", "--repeats", "3", "--profile", "smoke",
+                 "--latency-backend", "none", "--load-workers", "2", "--master-bind",
+                 host.host_ip, "--master-port", str(port), "--out", str(out), *SMALL],
+                env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                live = out / "cells" / "sync_gunicorn__cpu__0ms__r2" / ".locust"
+                # Both workers are sending rows to the master of repeat 2.
+                wait_until(lambda: len(list(live.glob("responses.w*.csv"))) == 2, run)
+                time.sleep(2)
+                worker = psutil.Process(remote.pid).children()[0]
+                assert "--worker" in worker.cmdline()
+                worker.kill()
+                _, stderr = run.communicate(timeout=400)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+                    run.wait()
+    assert host.netns not in netns_names() and netns_names() <= before | netns_names()
+    assert run.returncode == 1, stderr[-3000:]  # one cell failed
+    assert f"--master HOST:{port}" in stderr  # where workers should connect
+    for repeat in (1, 3):
+        cell_id = f"sync_gunicorn__cpu__0ms__r{repeat}"
+        record = cell(out, cell_id)
+        assert record["status"] == "ok", record["reason"]
+        assert record["load_workers"] == 2
+        assert sources(out / "cells" / cell_id) == {"w0", "w1"}
+        addresses = {w["address"] for w in record["metrics"]["load_workers"]}
+        assert host.ns_ip in addresses, addresses  # one worker ran on the "other host"
+        assert all(w["mean_cpu_pct"] is not None for w in record["metrics"]["load_workers"])
+        assert record["not_measured"] == []
+    failed = cell(out, "sync_gunicorn__cpu__0ms__r2")
+    assert failed["status"] == "failed"
+    first_line = failed["reason"].splitlines()[0]
+    assert "load worker" in first_line and "mid-cell" in first_line, failed["reason"]
+    assert host.ns_ip in first_line or "stopped answering" in first_line
+    assert f"load worker {failed['reason'].split()[2]}" in stderr  # the run printed it
