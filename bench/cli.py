@@ -437,6 +437,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ServerError(f"cannot bind {args.host}:{args.port} ({exc.strerror}); omit "
                               "--port to use a free one") from None
     port = args.port or free_port(args.host)
+    dsn = ""
     with contextlib.ExitStack() as stack, signals_interrupt():
         if args.external_db:
             missing = [k for k in ("DB_HOST", "DB_NAME", "DB_PASSWORD") if not os.environ.get(k)]
@@ -446,7 +447,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             cluster = PostgresCluster(pg_bin=args.pg_bin)
             stack.callback(cluster.stop)
-            cluster.start(max_connections=variant.max_connections)
+            # One slot more than the variant's, for `bench run --target-db`'s monitor
+            # connection, so the server keeps all of its own.
+            cluster.start(max_connections=variant.max_connections + 1)
             cluster.ensure_template(args.rows)
             dbname = cluster.clone_database(f"serve_{variant.name}")
             db_env = cluster.app_env(dbname)
@@ -459,6 +462,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 pooler.start(variant.pgbouncer, cluster.host, cluster.port, cluster.user,
                              cluster.scram_secret())
                 db_env = cluster.app_env(dbname, pooler.host, pooler.port)
+            dsn = f"postgresql://{db_env['DB_USER']}@{cluster.host}:{cluster.port}/{dbname}"
         allowed = sorted({"localhost", "127.0.0.1", args.host} - {"0.0.0.0"}) + (
             ["*"] if args.host == "0.0.0.0" else [])  # noqa: S104 - bind-all means any Host
         env = app_environment(variant, db_env, allowed, args.cpu_loop or 10**7)
@@ -470,6 +474,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.start()
         server.wait_listening("127.0.0.1" if args.host == "0.0.0.0" else args.host, port)
         print(f"{variant.name} serving at http://{args.host}:{port}/  (Ctrl-C stops)", flush=True)
+        if not args.external_db:
+            print(f"its PostgreSQL, for bench run --target-db: {dsn}  (password: "
+                  f"PGPASSWORD=$(cat {cluster.password_file}); max_connections "
+                  f"{variant.max_connections} + 1 for the monitor)", flush=True)
         try:
             code = server.wait_exit()
         except KeyboardInterrupt:
@@ -494,6 +502,11 @@ def _check_run_options(args: argparse.Namespace) -> None:
         raise RunError("--target-name and --target-db go with --target URL")
     if args.target is not None and args.docker:
         raise RunError("--target and --docker exclude each other")
+    if args.target is not None and args.variants:
+        raise RunError("--target runs one column (--target-name), not --variants")
+    if args.target is not None and (args.pg_max_connections or args.pool_size):
+        raise RunError("--pg-max-connections and --pool-size sweep local deployments, not "
+                       "a --target")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -109,17 +109,19 @@ def resource_metrics(path: Path, window_start_s: float) -> dict[str, Any]:
     # A 3-second moving average, so one noisy sample does not flag a cell.
     smooth = [statistics.fmean(locust_cpu[i:i + 3]) for i in range(max(len(locust_cpu) - 2, 1))
               ] if locust_cpu else []
-    # The deployment's memory: server, PostgreSQL, and PgBouncer where it has one.
+    # The deployment's memory: server, PostgreSQL, and PgBouncer where it has one; rows
+    # where neither the server nor PostgreSQL was measured (a --target's) are left out.
     combined = [(r.get("server_rss_mib") or 0) + (r.get("db_rss_mib") or 0)
-                + (r.get("pgbouncer_rss_mib") or 0) for r in rows]
+                + (r.get("pgbouncer_rss_mib") or 0) for r in rows
+                if r.get("server_rss_mib") is not None or r.get("db_rss_mib") is not None]
     return {
         "peak_server_rss_mib": peak("server_rss_mib"),
         "mean_server_cpu_pct": _mean(col("server_cpu_pct", window)),
         "peak_server_threads": _int(peak("server_threads")),
         "peak_db_connections": _int(peak("db_connections")),
         "peak_db_rss_mib": peak("db_rss_mib"),
-        "peak_server_db_rss_mib": round(max(combined), 2),
-        "baseline_server_db_rss_mib": round(combined[0], 2),
+        "peak_server_db_rss_mib": round(max(combined), 2) if combined else None,
+        "baseline_server_db_rss_mib": round(combined[0], 2) if combined else None,
         "mean_locust_cpu_pct": _mean(locust_cpu),
         "peak_locust_cpu_pct": round(max(smooth), 1) if smooth else None,
         "load_generator_saturated": bool(smooth) and max(smooth) > SATURATED_CPU_PCT,

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -443,3 +444,63 @@ def stored_secret(path: Path) -> str:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
+
+
+class ConnectionMonitor:
+    """Client connections of a PostgreSQL that runs elsewhere (`bench run --target-db`),
+    counted in pg_stat_activity.
+
+    Locally connections are counted from process titles, which takes no connection; a
+    remote server's processes are out of reach, so this holds one connection, opened before
+    the load and kept (never reopened mid-cell, when the slots may be exhausted), and leaves
+    itself out of the count. That connection is one of max_connections: `bench serve`
+    starts PostgreSQL with one slot more than the variant's for it, and `bench db` users
+    give --max-connections one more (README, "Across machines")."""
+
+    QUERY = ("SELECT count(*) FROM pg_stat_activity "
+             "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        try:
+            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10,
+                                         application_name="bench-monitor")
+        except psycopg.Error as exc:
+            raise PostgresError(f"cannot connect to --target-db: "
+                                f"{str(exc).strip().splitlines()[0]}") from None
+
+    def max_connections(self) -> int | None:
+        with self._lock:
+            if self._conn is None:
+                return None
+            row = self._conn.execute("SHOW max_connections").fetchone()
+            return int(row[0]) if row else None
+
+    def count(self) -> int | None:
+        """Client connections now, not counting this one; None when it cannot be asked."""
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                return None
+            try:
+                row = self._conn.execute(self.QUERY).fetchone()
+            except psycopg.Error:
+                return None
+            return int(row[0]) if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> ConnectionMonitor:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

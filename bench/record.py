@@ -56,8 +56,8 @@ class CellMetrics(TypedDict, total=False):
     peak_server_threads: int | None
     peak_db_connections: int | None
     peak_db_rss_mib: float | None
-    peak_server_db_rss_mib: float
-    baseline_server_db_rss_mib: float
+    peak_server_db_rss_mib: float | None
+    baseline_server_db_rss_mib: float | None
     mean_locust_cpu_pct: float | None
     peak_locust_cpu_pct: float | None
     load_generator_saturated: bool

@@ -16,6 +16,10 @@ process's CPU %, so 200 is both cores of a 2-core machine.
 A variant behind PgBouncer adds its memory, and its client-side and server-side
 connections as PgBouncer's own sockets show them (bench/pgbouncer.py); the columns are
 empty for a variant without it.
+
+A deployment on other hosts (`bench run --target`) has no processes here: its columns are
+left empty ("not measured"), never written as 0, and its connections can come from
+PostgreSQL itself (`db_connections`, bench/postgres.py's ConnectionMonitor).
 """
 
 from __future__ import annotations
@@ -143,7 +147,14 @@ class ResourceSampler:
         db_pids: Callable[[], list[int]], locust_pids: Callable[[], list[int]],
         db_user: str, interval_s: float = 1.0,
         helper_pids: Callable[[], list[int]] = list, pooler: Pooler | None = None,
+        unmeasured: frozenset[str] = frozenset(),
+        db_connections: Callable[[], int | None] | None = None,
     ) -> None:
+        unknown = unmeasured - set(HEADER)
+        if unknown:
+            raise ValueError(f"unknown resources.csv columns: {', '.join(sorted(unknown))}")
+        self.unmeasured = unmeasured
+        self._db_connections = db_connections
         self.out_csv = out_csv
         self.interval_s = interval_s
         self.db_user = db_user
@@ -180,18 +191,22 @@ class ResourceSampler:
         if self._pooler is not None:
             clients, servers = self._pooler.connections()
             pooler_columns = (round(_memory_mib(pooler), 2), clients, servers)
-        return (
+        connections = self._db_connections() if self._db_connections is not None \
+            else db_client_connections(db, self.db_user)
+        row = (
             round(time.monotonic() - self._t0, 2),
             round(_memory_mib(server), 2),
             round(server_cpu, 1),
             _threads(server),
-            db_client_connections(db, self.db_user),
+            connections,
             round(_memory_mib(db), 2),
             round(locust_cpu, 1),
             round(steal, 1),
             round(outside, 1),
             *pooler_columns,
         )
+        return tuple(None if name in self.unmeasured else value
+                     for name, value in zip(HEADER, row, strict=True))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

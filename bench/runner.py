@@ -52,7 +52,7 @@ from bench.machine import STUDY_CPU_LOOP, Calibration, calibrate
 from bench.metrics import cell_metrics
 from bench.paths import results_dir
 from bench.pgbouncer import PgBouncer, PgBouncerError, find_binary, program_version
-from bench.postgres import PostgresCluster
+from bench.postgres import ConnectionMonitor, PostgresCluster
 from bench.processes import process_tree
 from bench.record import FORMAT, CellRecord, RecordError, read_cell
 from bench.requestlog import RequestLog
@@ -258,7 +258,12 @@ def caveats(backend: str, backend_reason: str, place: dict[str, list[int]],
     if config.repeats == 1:
         notes.append("one repeat per cell: confidence intervals are batch means within a cell")
     if config.target:
-        notes.append(f"external target {config.target}: no server/DB resources sampled")
+        connections = ("DB connections from its pg_stat_activity (--target-db), over one "
+                       "connection held by the harness and not counted") if config.target_db \
+            else "nor DB connections (no --target-db)"
+        notes.append(f"external target {config.target}: server RSS, CPU and threads and "
+                     f"PostgreSQL memory are not measured; {connections}; its latency is its "
+                     "network's")
     if calibration is not None and calibration.noisy:
         notes.append(f"noisy machine: the CPU calibration loop varied by "
                      f"{100 * calibration.cv:.1f}% (coefficient of variation) before the run")
@@ -324,12 +329,46 @@ class LocalDeployment:
         return self.pooler.crashed() if self.pooler is not None else None
 
 
+@dataclass
+class TargetDeployment:
+    """A deployment that runs elsewhere (--target): only its URL, and its PostgreSQL's
+    connection count when --target-db names it."""
+
+    url: str
+    monitor: ConnectionMonitor | None
+    db_user: str = ""
+    pooler: PgBouncer | None = None
+
+    def server_pids(self) -> list[int]:
+        return []
+
+    def db_pids(self) -> list[int]:
+        return []
+
+    def helper_pids(self) -> list[int]:
+        return []
+
+    def crashed(self) -> str | None:
+        return None  # a remote server that dies shows as failed requests
+
+    def db_connections(self) -> int | None:
+        return self.monitor.count() if self.monitor else None
+
+
+def target_variant(config: RunConfig) -> Variant:
+    """The one column of a --target run: a deployment the harness knows only by URL."""
+    return Variant(name=config.target_name or "target", folder=Path(),
+                   title=f"external target {config.target}", interface="unknown",
+                   views="unknown", command=())
+
+
 class Runner:
     mode = "local"
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self.variants = select(discover(), config.variants)
+        self.variants = [target_variant(config)] if config.target else select(
+            discover(), config.variants)
         self.place = placement()
         self.template_rows = config.rows
         self.out = self._out_dir()
@@ -357,10 +396,18 @@ class Runner:
         if self.backend == "none" and any(config.latencies_ms):
             raise RunError("--latency-backend none adds no latency: use --latencies 0, or "
                            "--latency-backend auto|proxy|netem")
+        if config.target and any(config.latencies_ms):
+            raise RunError("--target adds no latency (the deployment runs elsewhere): use "
+                           "--latencies 0 and add latency on its hosts")
         if config.load_workers and not config.target and self.backend != "none":
             raise RunError("with --load-workers the local server must be reachable from the "
                            "load hosts, which the latency backends (on this host only) are "
                            "not: use --latency-backend none --latencies 0, or --target URL")
+        self.target_max_connections: int | None = None
+        if config.target_db:
+            # A wrong DSN is a one-line error now, not a failed first cell.
+            with ConnectionMonitor(config.target_db) as monitor:
+                self.target_max_connections = monitor.max_connections()
         self.calibration: Calibration | None = None
         self.cpu_loop = STUDY_CPU_LOOP
         self.cpu_work: dict[str, Any] = dict(previous.get("cpu_work") or {})
@@ -377,6 +424,8 @@ class Runner:
 
     def _resolve_latency(self) -> tuple[str, str]:
         """(backend, why) for this run; Docker mode probes inside its containers instead."""
+        if self.config.target:
+            return "none", "--target: the deployment runs elsewhere, on its own network"
         return resolve_backend(self.config.latency_backend)
 
     def prepare(self) -> None:
@@ -414,6 +463,10 @@ class Runner:
         target_ms = self.config.cpu_ms or self.profile.cpu_ms
         if self.config.cpu_loop:
             self.cpu_loop, source = self.config.cpu_loop, "--cpu-loop"
+        elif self.config.target:
+            # The target sized its own loop when it started; cpu/'s check needs the same.
+            self.cpu_loop = STUDY_CPU_LOOP
+            source = "the target's, assumed to be bench serve's default (else give --cpu-loop)"
         elif target_ms:
             self.cpu_loop = self.calibration.loop_for(target_ms)
             source = "--cpu-ms" if self.config.cpu_ms else f"profile {self.profile.name}"
@@ -528,7 +581,8 @@ class Runner:
             cell_id=cell.cell_id, column=cell.column, variant=cell.variant.name,
             title=cell.variant.title, study_label=cell.variant.study_label,
             interface=cell.variant.interface, views=cell.variant.views, route=cell.route,
-            latency_ms=cell.latency_ms, repeat=cell.repeat, settings=cell.variant.settings(),
+            latency_ms=cell.latency_ms, repeat=cell.repeat,
+            settings=self.cell_settings(cell.variant),
             latency_backend=self.backend, placement=self.place, order=order, mode=self.mode,
             precision=self.profile.precision)
         load_s = 0.0
@@ -561,7 +615,25 @@ class Runner:
 
     def not_measured(self) -> list[str]:
         """Figures a cell of this run cannot see (a deployment elsewhere)."""
-        return []
+        if not self.config.target:
+            return []
+        return ["server RSS", "server CPU", "server threads", "PostgreSQL memory",
+                *([] if self.config.target_db else ["DB connections (no --target-db)"])]
+
+    def unmeasured_columns(self) -> frozenset[str]:
+        """resources.csv columns left empty: what not_measured() names."""
+        if not self.config.target:
+            return frozenset()
+        columns = {"server_rss_mib", "server_cpu_pct", "server_threads", "db_rss_mib"}
+        if not self.config.target_db:
+            columns.add("db_connections")
+        return frozenset(columns)
+
+    def cell_settings(self, variant: Variant) -> dict[str, Any]:
+        if self.config.target:
+            return {"target": self.config.target,
+                    "pg_max_connections": self.target_max_connections}
+        return variant.settings()
 
     # -- hooks: what a cell measures, and its load --------------------------------------
 
@@ -569,7 +641,9 @@ class Runner:
                         phases: _Phases) -> Deployment:
         """Latency, PostgreSQL with a fresh database, the server: started and listening."""
         if self.config.target:
-            return LocalDeployment(str(self.config.target).rstrip("/"), "", None, None, None)
+            monitor = stack.enter_context(ConnectionMonitor(self.config.target_db)) \
+                if self.config.target_db else None
+            return TargetDeployment(str(self.config.target).rstrip("/"), monitor)
         pooler: PgBouncer | None = None
         session: LatencySession = stack.enter_context(
             open_latency(self.backend, cell.latency_ms, self.place["latency_cpus"]))
@@ -641,11 +715,13 @@ class Runner:
                 deployment.url, self.cpu_loop, None if self.config.target else self.template_rows,
                 timeout_s=max(60.0, self.profile.timeout_s))
             phases.mark("verify")
-            sampler = ResourceSampler(cell_dir / "resources.csv", deployment.server_pids,
-                                      deployment.db_pids, lambda: load.pids(),
-                                      db_user=deployment.db_user,
-                                      helper_pids=deployment.helper_pids,
-                                      pooler=deployment.pooler)
+            sampler = ResourceSampler(
+                cell_dir / "resources.csv", deployment.server_pids, deployment.db_pids,
+                lambda: load.pids(), db_user=deployment.db_user,
+                helper_pids=deployment.helper_pids, pooler=deployment.pooler,
+                unmeasured=self.unmeasured_columns(),
+                db_connections=deployment.db_connections
+                if isinstance(deployment, TargetDeployment) else None)
             load = self.start_load(cell, cell_dir, deployment)
             stack.callback(load.stop)
             sampler.start()

@@ -148,3 +148,67 @@ def test_load_from_two_hosts_and_a_worker_killed_mid_cell(tmp_path: Path) -> Non
     assert "load worker" in first_line and "mid-cell" in first_line, failed["reason"]
     assert host.ns_ip in first_line or "stopped answering" in first_line
     assert f"load worker {failed['reason'].split()[2]}" in stderr  # the run printed it
+
+
+@contextlib.contextmanager
+def bench_serve(variant: str) -> Iterator[tuple[str, str, str]]:
+    """`python -m bench serve VARIANT`: (URL, DSN of its PostgreSQL, its password);
+    stopped by Ctrl-C afterwards."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "serve", variant, "--rows", "2000",
+                             "--cpu-loop", "1000"], env={**env(), "BENCH_SERVE_LOG": os.devnull},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = dsn = password_file = ""
+        deadline = time.monotonic() + 240
+        while not dsn and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, proc.communicate()[1][-3000:]
+            if " serving at " in line:
+                url = line.split(" serving at ")[1].split()[0].rstrip("/")
+            if "--target-db: " in line:
+                dsn = line.split("--target-db: ")[1].split()[0]
+                password_file = line.split("$(cat ")[1].split(")")[0]
+        assert url and dsn, "bench serve did not print its URL and DSN"
+        yield url, dsn, Path(password_file).read_text().strip()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
+def test_target_elsewhere_with_its_database(tmp_path: Path) -> None:
+    """--target against `bench serve`, --target-db at its PostgreSQL: the cell counts the
+    server's DB connections from pg_stat_activity (async_unlimited holds one per in-flight
+    request) and names what it did not measure, with those columns empty, never 0. A
+    DSN that does not connect is a one-line error before any cell."""
+    out = tmp_path / "run"
+    with bench_serve("async_unlimited") as (url, dsn, password):
+        args = ["run", "--target", url, "--target-name", "remote", "--routes", "io_read",
+                "--latencies", "0", "--profile", "smoke", "--cpu-loop", "1000", "--no-report"]
+        run_env = {**env(), "PGPASSWORD": password}
+        bad = subprocess.run([sys.executable, "-m", "bench", *args, "--target-db",
+                              dsn.rsplit("/", 1)[0] + "/no_such_db", "--out", str(out)],
+                             env=run_env, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2, bad.stderr[-2000:]
+        assert bad.stderr.startswith("error: cannot connect to --target-db: ")
+        assert len(bad.stderr.strip().splitlines()) == 1
+        result = subprocess.run([sys.executable, "-m", "bench", *args, "--target-db", dsn,
+                                 "--out", str(out)],
+                                env=run_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = cell(out, "remote__io_read__0ms__r1")
+    assert record["status"] == "ok", record["reason"]
+    metrics = record["metrics"]
+    print(f"peak DB connections {metrics['peak_db_connections']} of "
+          f"{record['settings']['pg_max_connections']}; not measured {record['not_measured']}")
+    assert metrics["peak_db_connections"] > 5  # many in-flight ORM requests, each its own
+    assert record["settings"]["target"] == url
+    assert record["not_measured"] == ["server RSS", "server CPU", "server threads",
+                                      "PostgreSQL memory"]
+    assert metrics["peak_server_rss_mib"] is None and metrics["peak_server_threads"] is None
+    with (out / "cells" / "remote__io_read__0ms__r1" / "resources.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(r["server_rss_mib"] == "" and r["db_connections"] != "" for r in rows)
+    run = json.loads((out / "run.json").read_text())
+    assert run["latency_backend"] == "none"
+    assert any("not measured" in note for note in run["caveats"])
