@@ -4,10 +4,14 @@ Compare it with the fastest variant's io_create throughput in a bench run: the r
 the headroom (issue 3).
 
     python benchmarks/locust_ceiling.py [--profile quick] [--processes 1] [--results DIR]
+    python benchmarks/locust_ceiling.py --workers 2   # a master and 2 `bench load-worker`s
 
 The "server" is a minimal HTTP/1.1 responder (a process of its own, on the server's core)
 that answers every request with a fixed io_create-like JSON body. Locust runs on the other
-core(s) exactly as the runner starts it. With --results DIR the best io_create steady sRPS
+core(s) exactly as the runner starts it; with --workers N, as `bench run --load-workers N`
+starts it: a master here and N `python -m bench load-worker` processes (on this host, on
+the same cores: what a second worker adds on other hosts is not measured here). With
+--results DIR the best io_create steady sRPS
 of that run is read from its summary.csv and set beside the ceiling.
 """
 
@@ -19,12 +23,15 @@ import csv
 import json
 import multiprocessing
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.load import LocustRun, load_profile
+from bench.load import LocustRun, MasterLocustRun, load_profile
 from bench.metrics import cell_metrics
+from bench.processes import stop_process
 from bench.resources import ResourceSampler
 
 BODY = json.dumps({"id": "00000000-0000-4000-8000-000000000000", "title": "t",
@@ -86,43 +93,66 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="Locust workers of a master (bench run --load-workers)")
     parser.add_argument("--results", type=Path, help="a results folder to compare with")
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus, other_cpus = (cpus[-1:], cpus[:-1]) if len(cpus) > 1 else (cpus, cpus)
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = multiprocessing.Process(target=serve, args=(port, server_cpus), daemon=True)
     server.start()
     profile = load_profile(args.profile)
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="locust-ceiling-") as tmp:
             out = Path(tmp)
-            locust = LocustRun(f"http://127.0.0.1:{port}", "io_create", profile, out,
-                               processes=args.processes, cpu_affinity=other_cpus)
+            url = f"http://127.0.0.1:{port}"
+            locust: LocustRun
+            if args.workers:
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", 0))
+                    master_port = probe.getsockname()[1]
+                locust = MasterLocustRun(url, "io_create", profile, out, args.workers,
+                                         "127.0.0.1", master_port, cpu_affinity=other_cpus)
+                for _ in range(args.workers):
+                    worker = subprocess.Popen(
+                        [sys.executable, "-m", "bench", "load-worker", "--master",
+                         f"127.0.0.1:{master_port}"], stdout=subprocess.DEVNULL,
+                        start_new_session=True)
+                    os.sched_setaffinity(worker.pid, other_cpus)
+                    workers.append(worker)
+            else:
+                locust = LocustRun(url, "io_create", profile, out, processes=args.processes,
+                                   cpu_affinity=other_cpus)
             sampler = ResourceSampler(out / "resources.csv", lambda: [], lambda: [],
-                                      locust.pids, db_user="")
+                                      lambda: [*locust.pids(), *(w.pid for w in workers)],
+                                      db_user="")
             locust.start()
             sampler.start()
             try:
-                locust.wait(timeout=profile.duration_s + 60)
+                locust.wait(timeout=profile.max_duration_s + 120)
             finally:
                 sampler.stop()
                 locust.stop()
             metrics = cell_metrics(out, profile)
     finally:
+        for worker in workers:
+            stop_process(worker, 5)
         server.terminate()
         server.join(5)
     ceiling = metrics.get("steady_srps") or 0.0
     result: dict[str, object] = {
         "profile": profile.name, "locust_processes": args.processes,
+        "locust_workers": args.workers, "workers": metrics.get("load_workers"),
         "ceiling_rps": ceiling, "p50_ms": metrics.get("p50_ms"),
         "mean_locust_cpu_pct": metrics.get("mean_locust_cpu_pct"),
         "peak_locust_cpu_pct": metrics.get("peak_locust_cpu_pct")}
-    print(f"Locust ceiling ({args.processes} process(es), profile {profile.name}): "
+    how = f"a master and {args.workers} worker(s)" if args.workers \
+        else f"{args.processes} process(es)"
+    print(f"Locust ceiling ({how}, profile {profile.name}): "
           f"{ceiling} requests/s on io_create; Locust CPU mean {result['mean_locust_cpu_pct']}%,"
           f" peak {result['peak_locust_cpu_pct']}% (3 s average)")
     if args.results:
