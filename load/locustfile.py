@@ -307,7 +307,7 @@ class _Workers:
                 address = self.addresses.get(client_id)
                 self.fail(runner.environment,
                           f"load worker {name}{f' at {address}' if address else ''} {how} "
-                          f"mid-cell; {runner.worker_count} of {len(self.joined)} left")
+                          f"mid-cell ({runner.worker_count} still connected)")
                 return True
         return False
 

@@ -145,6 +145,9 @@ def test_load_from_two_hosts_and_a_worker_killed_mid_cell(tmp_path: Path) -> Non
     failed = cell(out, "sync_gunicorn__cpu__0ms__r2")
     assert failed["status"] == "failed"
     first_line = failed["reason"].splitlines()[0]
+    workers = [cell(out, f"sync_gunicorn__cpu__0ms__r{r}")["metrics"]["load_workers"]
+               for r in (1, 3)]
+    print(f"repeat 2: {first_line}; repeats 1 and 3: {workers}")
     assert "load worker" in first_line and "mid-cell" in first_line, failed["reason"]
     assert host.ns_ip in first_line or "stopped answering" in first_line
     assert f"load worker {failed['reason'].split()[2]}" in stderr  # the run printed it
