@@ -53,6 +53,7 @@ SHAPE_MARGIN_S = 3.0
 MASTER_BIND = "0.0.0.0"  # noqa: S104 - workers on other hosts must reach it
 MASTER_PORT = 5557
 WORKER_WAIT_S = 60.0  # how long a cell's master waits for its workers
+MASTER_STOP_S = 7.0  # for its shape to see the stop file (1 s) and the last rows (<= 5 s)
 LOCUST_ENV = ("BENCH_PROFILE", "BENCH_RESPONSES_DIR", "BENCH_STOP_FILE")
 
 
@@ -293,6 +294,18 @@ class MasterLocustRun(LocustRun):
                 "--master-bind-port", str(self.port), "--expect-workers", str(self.workers),
                 "--expect-workers-max-wait", str(int(self.wait_s)),
                 "--bench-profile", self.profile_json(), user_class]
+
+    def stop(self) -> None:
+        """End the test through the stop file first: the master then tells its workers to
+        quit. Killed by a signal it does not, and they would keep loading the server until
+        they miss its heartbeat (60 s)."""
+        proc = self._proc
+        # Before the test has started (still waiting for workers) there is nothing to end.
+        if proc is not None and proc.poll() is None and any(self.work_dir.glob("start.*")):
+            self.request_stop()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=MASTER_STOP_S)
+        super().stop()
 
     def failure(self) -> str | None:
         reason = super().failure()

@@ -215,3 +215,37 @@ def test_target_elsewhere_with_its_database(tmp_path: Path) -> None:
     run = json.loads((out / "run.json").read_text())
     assert run["latency_backend"] == "none"
     assert any("not measured" in note for note in run["caveats"])
+
+
+def test_ctrl_c_mid_cell_ends_the_workers_run_and_load_worker_leaves_nothing(
+        tmp_path: Path) -> None:
+    """Ctrl-C to `bench run --load-workers` mid-cell: it stops within 10 s and its master
+    tells the worker to quit (not 60 s of load on a heartbeat timeout), the load-worker
+    waits for the next master; Ctrl-C to the load-worker leaves no Locust behind."""
+    out = tmp_path / "run"
+    port = free_port("127.0.0.1")
+    with load_worker(f"127.0.0.1:{port}") as worker:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "bench", "run", "--variants", "sync_gunicorn", "--routes",
+             "cpu", "--latencies", "0", "--profile", "smoke", "--latency-backend", "none",
+             "--load-workers", "1", "--master-bind", "127.0.0.1", "--master-port", str(port),
+             "--out", str(out), *SMALL], env=env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        live = out / "cells" / "sync_gunicorn__cpu__0ms__r1" / ".locust"
+        try:
+            wait_until(lambda: (live / "responses.w0.csv").is_file(), run)
+            time.sleep(2)
+            first = psutil.Process(worker.pid).children()[0]
+            t0 = time.monotonic()
+            run.send_signal(signal.SIGINT)
+            run.communicate(timeout=30)
+            assert run.returncode == 130 and time.monotonic() - t0 < 10
+            first.wait(timeout=5)  # its run ended: the master told it to quit
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        worker.send_signal(signal.SIGINT)
+        output, _ = worker.communicate(timeout=15)
+        assert worker.returncode == 130, output
+        assert "Locust run 1 ended (exit code 0)" in output and "stopped" in output
