@@ -215,6 +215,11 @@ def test_target_elsewhere_with_its_database(tmp_path: Path) -> None:
     run = json.loads((out / "run.json").read_text())
     assert run["latency_backend"] == "none"
     assert any("not measured" in note for note in run["caveats"])
+    report = subprocess.run([sys.executable, "-m", "bench", "report", str(out)], env=env(),
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert ("not measured in every cell: server RSS, server CPU, server threads, PostgreSQL "
+            "memory") in (out / "report.md").read_text()
 
 
 def test_ctrl_c_mid_cell_ends_the_workers_run_and_load_worker_leaves_nothing(

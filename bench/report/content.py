@@ -154,6 +154,21 @@ class Builder:
         if saturated:
             notes.append("the load generator (Locust) was saturated, so these cells may "
                          "understate the server: " + ", ".join(saturated))
+        unseen: dict[str, list[str]] = {}
+        for cell in self.run.cells:
+            for figure in cell.not_measured:
+                unseen.setdefault(figure, []).append(cell.cell_id)
+        by_cells: dict[tuple[str, ...], list[str]] = {}
+        for figure, cells in unseen.items():
+            by_cells.setdefault(tuple(cells), []).append(figure)
+        for cells, figures in by_cells.items():
+            where = "every cell" if len(cells) == len(self.run.cells) else ", ".join(cells)
+            notes.append(f"not measured in {where}: {', '.join(figures)}")
+        workers = sorted({c.load_workers for c in self.run.cells if c.load_workers})
+        if workers:
+            notes.append(f"load from {'/'.join(map(str, workers))} remote Locust worker(s) "
+                         "(load_workers.csv per cell); Locust CPU in resources.csv is the "
+                         "master's")
         wide = [f"{column} {route}/ {latency} ms" for (column, route, latency), e
                 in self.estimates.items() if e.wide]
         if wide:
