@@ -73,6 +73,7 @@ SERVER_STOP_GRACE_S = 1.0
 POLL_S = 1.0  # how often the steady state is judged while the load runs
 LOG_MARGIN_S = 0.5  # responses ending this close to "now" may not be logged yet
 PRECISE_LOOKS = 2  # consecutive looks that must find the interval tight enough
+RESUME_ANY = ("master_bind", "master_port")  # may differ when a run is resumed
 
 
 class RunError(Exception):
@@ -448,7 +449,11 @@ class Runner:
     def _check_resume(self, previous: dict[str, Any]) -> None:
         before = previous.get("config", {})
         mine = _jsonable(self.config.comparable())
-        diff = [k for k, v in mine.items() if before.get(k) != v]
+        # Settings added since a run was started compare as their defaults; where the
+        # master listens does not change what is measured.
+        defaults = _jsonable(RunConfig().comparable())
+        diff = [k for k, v in mine.items() if k not in RESUME_ANY
+                and before.get(k, defaults.get(k)) != v]
         if diff:
             raise RunError(f"cannot resume {self.out}: configuration differs in "
                            f"{', '.join(diff)} (was {before.get(diff[0])!r}, "

@@ -161,8 +161,9 @@ class Builder:
         by_cells: dict[tuple[str, ...], list[str]] = {}
         for figure, cells in unseen.items():
             by_cells.setdefault(tuple(cells), []).append(figure)
-        for cells, figures in by_cells.items():
-            where = "every cell" if len(cells) == len(self.run.cells) else ", ".join(cells)
+        for cell_ids, figures in by_cells.items():
+            where = "every cell" if len(cell_ids) == len(self.run.cells) \
+                else ", ".join(cell_ids)
             notes.append(f"not measured in {where}: {', '.join(figures)}")
         workers = sorted({c.load_workers for c in self.run.cells if c.load_workers})
         if workers:
