@@ -16,7 +16,9 @@ run.json ("skipped") and the report's caveats, while the rest of the run goes on
 sweep combination that cannot run (`--conn-max-age 60` over Django's pool).
 
 Deployment hooks: `open_deployment` starts what a cell measures (locally: latency,
-PostgreSQL, PgBouncer, the server) and `start_load` the load generator; Docker mode
+PostgreSQL, PgBouncer, the server; with --target nothing: a deployment elsewhere, known by
+its URL and optionally its PostgreSQL's DSN) and `start_load` the load generator (Locust
+here, or a master for Locust workers on other hosts with --load-workers); Docker mode
 (bench/docker.py) supplies its own, and the measuring loop (`_measure`) is shared.
 """
 
@@ -214,26 +216,26 @@ def host_addresses() -> list[str]:
     return addresses or ["127.0.0.1"]
 
 
-def served_address(config: RunConfig) -> str:
-    """Where a local server listens for remote load workers: --master-bind, or this host's
-    first address when the master listens on all of them."""
+def master_addresses(config: RunConfig) -> list[str]:
+    """Where load workers reach the master: --master-bind, or every address of this host
+    when it listens on all of them."""
     if config.master_bind in {"0.0.0.0", "*", ""}:  # noqa: S104 - reading the setting
-        return host_addresses()[0]
-    return config.master_bind
+        return host_addresses()
+    return [config.master_bind]
+
+
+def served_address(config: RunConfig) -> str:
+    """Where a local server listens for remote load workers: the master's (first) address."""
+    return master_addresses(config)[0]
 
 
 def worker_instructions(config: RunConfig) -> str:
-    """Where the load workers should connect (every address of this host when the master
-    listens on all of them)."""
-    bind, port = config.master_bind, config.master_port
-    if bind in {"0.0.0.0", "*", ""}:  # noqa: S104 - reading the setting, not binding
-        addresses = host_addresses()
-    else:
-        addresses = [bind]
-    where = " or ".join(f"{a}:{port}" for a in addresses)
+    """Where the load workers should connect, printed when a run starts."""
+    port = config.master_port
+    where = " or ".join(f"{a}:{port}" for a in master_addresses(config))
     return (f"load: each cell's Locust master waits up to {WORKER_WAIT_S:.0f} s for "
-            f"{config.load_workers} worker(s) on {bind}:{port}; on each load host run: "
-            f"python -m bench load-worker --master HOST:{port}  (HOST: {where})")
+            f"{config.load_workers} worker(s) on {config.master_bind}:{port}; on each load "
+            f"host run: python -m bench load-worker --master HOST:{port}  (HOST: {where})")
 
 
 def now_iso() -> str:
