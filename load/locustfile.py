@@ -266,9 +266,12 @@ class _Workers:
         self.handles: dict[str, Any] = {}
         self.flushed: set[str] = set()
         self.failed = False
+        self.closed = False
 
     def on_rows(self, environment: Any, msg: Any, **_: Any) -> None:
-        if not RESPONSES_DIR:
+        # After close() (the master is quitting) a late batch is dropped: an exception
+        # here would end the master's message loop with an unhandled-error exit code.
+        if not RESPONSES_DIR or self.closed:
             return
         data = msg.data or {}
         runner = environment.runner
@@ -326,6 +329,7 @@ class _Workers:
             gevent.sleep(0.05)
 
     def close(self, **_: Any) -> None:
+        self.closed = True
         for handle, _writer in self.handles.values():
             handle.close()
         self.handles = {}
