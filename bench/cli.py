@@ -272,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--load-workers", type=_positive, metavar="N",
                      help="load from other hosts: each cell's Locust is a master that waits "
                           "(up to 60 s) for N workers, started on the load hosts with "
-                          "`python -m bench load-worker --master HOST:PORT`")
+                          "`python -m bench load-worker --master HOST:PORT`; without "
+                          "--target the server listens on the master's address, with no "
+                          "injected latency")
     run.add_argument("--master-bind", metavar="HOST",
                      help="with --load-workers: the address the master listens on "
                           "(default 0.0.0.0, every address)")
