@@ -60,6 +60,12 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
@@ -334,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="load profile (default: quick)")
     load.add_argument("--processes", type=_positive, default=1,
                       help="Locust processes (default 1)")
+    load.add_argument("--workers", type=_count, default=0, metavar="N",
+                      help="run as a master (port 5557, every address) that waits for N "
+                           "`bench load-worker`s (default 0: the load runs here)")
     load.add_argument("--out", type=Path, required=True, metavar="DIR",
                       help="folder for Locust's files")
 
@@ -498,8 +507,9 @@ def _check_run_options(args: argparse.Namespace) -> None:
     if args.load_workers is not None and args.load_processes > 1:
         raise RunError("--load-workers (load from other hosts) and --load-processes (on this "
                        "host) exclude each other")
-    if args.load_workers is not None and args.docker:
-        raise RunError("--load-workers is not supported with --docker yet")
+    if args.docker and (args.master_bind or args.master_port):
+        raise RunError("with --docker the load-worker containers join the load container's "
+                       "master: --master-bind and --master-port do not apply")
     if args.target is None and (args.target_name or args.target_db):
         raise RunError("--target-name and --target-db go with --target URL")
     if args.target is not None and args.docker:
@@ -577,11 +587,19 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from bench.load import LocustRun, load_profile
+    from bench.load import LoadError, LocustRun, MasterLocustRun, load_profile
 
+    if args.workers and args.processes > 1:
+        raise LoadError("--workers (a master for load-workers) and --processes exclude "
+                        "each other")
     args.out.mkdir(parents=True, exist_ok=True)
-    locust = LocustRun(args.url.rstrip("/"), args.route, load_profile(args.profile), args.out,
-                       processes=args.processes)
+    locust: LocustRun
+    if args.workers:
+        locust = MasterLocustRun(args.url.rstrip("/"), args.route, load_profile(args.profile),
+                                 args.out, args.workers)
+    else:
+        locust = LocustRun(args.url.rstrip("/"), args.route, load_profile(args.profile),
+                           args.out, processes=args.processes)
     with signals_interrupt():
         try:
             locust.start()

@@ -154,6 +154,11 @@ class Compose:
             raise DockerError(f"compose started no container for {service}")
         return cid.splitlines()[0]
 
+    def scale(self, service: str, count: int, env: dict[str, str]) -> None:
+        """Start `count` containers of one service."""
+        self.run(["up", "-d", "--no-deps", "--force-recreate", "--no-build", "--scale",
+                  f"{service}={count}", service], env)
+
     def down(self, env: dict[str, str]) -> None:
         """Stop and remove the containers and the network; the PostgreSQL volume stays."""
         self.run(["down", "--remove-orphans", "-t", "10"], env, timeout_s=180, check=False)
@@ -456,6 +461,7 @@ class DockerRunner(Runner):
             "BENCH_ROUTE": cell.route,
             "BENCH_PROFILE": self.profile.name,
             "BENCH_LOAD_PROCESSES": str(self.config.load_processes),
+            "BENCH_LOAD_WORKERS": str(self.config.load_workers or 0),
             "BENCH_CELL_DIR": str(cell_dir.resolve()),
             "BENCH_UID": str(os.getuid()),
             "BENCH_GID": str(os.getgid()),
@@ -493,7 +499,11 @@ class DockerRunner(Runner):
             int(container_state(engine, db)["Pid"]))
 
     def start_load(self, cell: Cell, cell_dir: Path, deployment: Deployment) -> LoadRun:
-        load = DockerLoad(self.engine, self.compose, self.cell_env(cell, cell_dir), cell_dir)
+        env = self.cell_env(cell, cell_dir)
+        if self.config.load_workers:
+            # The same master/worker path as across hosts; compose.down removes them.
+            self.compose.scale("load-worker", self.config.load_workers, env)
+        load = DockerLoad(self.engine, self.compose, env, cell_dir)
         load.start()
         return load
 
@@ -607,7 +617,10 @@ class DockerLoad:
             self.engine.run(["stop", "-t", "15", self.cid], 60, check=False)
 
     def failure(self) -> str | None:
-        return None  # the container's exit code and log say it
+        """A master's own reason (a lost load-worker), which `bench load` left in the cell."""
+        with contextlib.suppress(OSError):
+            return (self.cell_dir / "load_failure.txt").read_text().strip() or None
+        return None
 
     def log_tail(self, lines: int = 8) -> str:
         return _tail(container_logs(self.engine, self.cid), lines) if self.cid else ""

@@ -402,7 +402,8 @@ class Runner:
         if config.target and any(config.latencies_ms):
             raise RunError("--target adds no latency (the deployment runs elsewhere): use "
                            "--latencies 0 and add latency on its hosts")
-        if config.load_workers and not config.target and self.backend != "none":
+        if config.load_workers and self.mode == "local" and not config.target \
+                and self.backend != "none":
             raise RunError("with --load-workers the local server must be reachable from the "
                            "load hosts, which the latency backends (on this host only) are "
                            "not: use --latency-backend none --latencies 0, or --target URL")
@@ -526,7 +527,7 @@ class Runner:
                       f"{self.backend}; profile {self.profile.name}; seed {self.config.seed}; "
                       f"calibration {self.calibration.median_ms:.1f} ms "
                       f"± {100 * self.calibration.cv:.1f}%; cpu/ loop {self.cpu_loop:,})")
-        if self.config.load_workers:
+        if self.config.load_workers and self.mode == "local":
             console.print(worker_instructions(self.config))
         status = "complete"
         failed = 0
