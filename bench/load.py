@@ -54,6 +54,7 @@ MASTER_BIND = "0.0.0.0"  # noqa: S104 - workers on other hosts must reach it
 MASTER_PORT = 5557
 WORKER_WAIT_S = 60.0  # how long a cell's master waits for its workers
 MASTER_STOP_S = 7.0  # for its shape to see the stop file (1 s) and the last rows (<= 5 s)
+REJOIN_DELAY_S = 3.0  # between a worker's run and the next (run_load_worker)
 LOCUST_ENV = ("BENCH_PROFILE", "BENCH_RESPONSES_DIR", "BENCH_STOP_FILE")
 
 
@@ -349,4 +350,8 @@ def run_load_worker(host: str, port: int, say: Callable[[str], None] = print) ->
         runs += 1
         say(f"load worker: Locust run {runs} ended (exit code {code}); waiting for the "
             f"next cell's master at {host}:{port}")
-        time.sleep(0.5)
+        # Long enough for the master that ended this run to be gone (about 1 s): a worker
+        # that greets a master on its way out can be acknowledged by it and then wait on
+        # it (Locust's worker times out only after a first heartbeat). The next cell's
+        # master starts seconds later, after its database and server.
+        time.sleep(REJOIN_DELAY_S)

@@ -741,6 +741,11 @@ class Runner:
             load_s = phases.mark("load")
             record.reason = reason
             record.metrics = cell_metrics(cell_dir, self.profile, end_s)
+            if record.reason is None and not record.metrics.get("total_requests"):
+                # A load that ran its course without one request in responses.csv measured
+                # nothing (e.g. load workers that joined the master but never ran users).
+                record.reason = (f"the load ran but no request ended (none in "
+                                 f"responses.csv):\n{load.log_tail()}")
             phases.mark("metrics")
         phases.mark("stop")
         return load_s
