@@ -71,7 +71,8 @@ def image_tag(variant: str) -> str:
     return f"asynchronize-django-{variant}:latest"
 
 
-def _first_line(text: str) -> str:
+def _last_line(text: str) -> str:
+    """The last non-empty line, at most 300 characters: where a failing tool says why."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip()[:300] if lines else ""
 
@@ -104,7 +105,7 @@ def _run(cmd: list[str], timeout_s: float = 120, check: bool = True,
         raise DockerError(f"{cmd[0]}: command not found") from None
     if check and result.returncode != 0:
         raise DockerError(f"`{' '.join(cmd[:5])}` failed: "
-                          f"{_first_line(result.stderr or result.stdout)}")
+                          f"{_last_line(result.stderr or result.stdout)}")
     return result
 
 
@@ -116,7 +117,7 @@ def find_engine() -> Engine:
     probe = _run([docker, "info", "--format", "{{.ServerVersion}} {{.Driver}}"], 30, check=False)
     if probe.returncode != 0 or not probe.stdout.strip():
         raise DockerError("no Docker engine reachable (docker info: "
-                          f"{_first_line(probe.stderr) or 'no answer'}); start one, e.g. "
+                          f"{_last_line(probe.stderr) or 'no answer'}); start one, e.g. "
                           "dockerd --storage-driver=vfs as root")
     version, _, driver = probe.stdout.strip().partition(" ")
     for compose in ([docker, "compose"], [shutil.which("docker-compose") or ""]):
@@ -193,7 +194,7 @@ def build_wheelhouse(folder: Path | None = None) -> Path:
                              "-r", str(folder / "requirements.txt")],
                             capture_output=True, text=True)
     if result.returncode != 0:
-        raise DockerError(f"pip wheel failed: {_first_line(result.stderr)}")
+        raise DockerError(f"pip wheel failed: {_last_line(result.stderr)}")
     done.write_text(stamp)
     return folder
 
@@ -217,7 +218,7 @@ def check_base_python(engine: Engine, base_image: str) -> None:
         pulled = engine.run(["pull", "-q", base_image], 600, check=False)
         if pulled.returncode != 0:
             raise DockerError(f"base image {base_image} is not here and cannot be pulled "
-                              f"({_first_line(pulled.stderr)}); without a registry build one "
+                              f"({_last_line(pulled.stderr)}); without a registry build one "
                               f"with docker/offline-base and pass --base-image {OFFLINE_BASE}")
     found = engine.run(["run", "--rm", "--network", "none", base_image, "python3", "-c",
                         "import sys; print('%d.%d' % sys.version_info[:2])"], 120, check=False)
@@ -225,7 +226,7 @@ def check_base_python(engine: Engine, base_image: str) -> None:
     have = found.stdout.strip()
     if found.returncode != 0:
         raise DockerError(f"base image {base_image} has no python3: "
-                          f"{_first_line(found.stderr)}")
+                          f"{_last_line(found.stderr)}")
     if have != want:
         raise DockerError(f"base image {base_image} has Python {have}, the wheelhouse is built "
                           f"by Python {want}: run the harness with Python {have}, or pick a "
@@ -247,7 +248,7 @@ def netem_problem(engine: Engine, image: str = BASE_TAG) -> str | None:
                     120, check=False)
     if tc.returncode == 0:
         return None
-    detail = _first_line(tc.stderr or tc.stdout) or f"tc exited {tc.returncode}"
+    detail = _last_line(tc.stderr or tc.stdout) or f"tc exited {tc.returncode}"
     if "unknown" in detail.lower() or "not found" in detail.lower():
         return f"kernel has no sch_netem (tc in a container: {detail})"
     return f"tc netem failed in a container: {detail}"
