@@ -16,7 +16,8 @@ def install_bench(session: nox.Session, *extras: str) -> None:
     """The project, plus every server the variants require (servers/*/variant.toml)."""
     target = f".[{','.join(extras)}]" if extras else "."
     session.install("-e", target)
-    requires = session.run("python", "-m", "bench", "requirements", silent=True)
+    # run_install: also under `nox --install-only`, which skips session.run
+    requires = session.run_install("python", "-m", "bench", "requirements", silent=True)
     if isinstance(requires, str) and requires.split():
         session.install(*requires.split())
 
