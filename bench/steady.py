@@ -41,7 +41,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+# scipy.stats is imported where a quantile is needed: it takes about a second to import,
+# and every `bench` command imports this module (bench.runner -> bench.metrics), also the
+# ones that only print an error.
 
 BIN_S = 0.25  # bin of the success-count series (MSER-5 batches are 5 bins: 1.25 s)
 MSER_BATCH = 5
@@ -56,6 +59,8 @@ BIAS_Z = 3.0  # what MSER drops must differ from the rest by more than this
 
 
 def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
+    from scipy import stats
+
     return float(stats.t.ppf((1 + confidence) / 2, df))
 
 
@@ -149,6 +154,8 @@ def von_neumann_correlated(values: np.ndarray, alpha: float | None = None) -> bo
     if denominator == 0:
         return False
     c = 1 - float(np.sum(np.diff(values) ** 2)) / (2 * denominator)
+    from scipy import stats
+
     return c > float(stats.norm.ppf(1 - alpha)) * math.sqrt((k - 2) / (k * k - 1))
 
 
