@@ -1,6 +1,7 @@
 """Docker mode: images built from the host's wheelhouse, one smoke cell per interface
 (WSGI: sync_gunicorn, ASGI: async_unlimited) through docker/compose.yaml, and PostgreSQL
-dying mid-cell (the db container's postmaster killed), as tests/test_run.py does locally.
+dying mid-cell (the db container's postmaster killed), as tests/test_run.py does locally:
+both in one run.
 
 Where no Docker engine (or no base image) can be had, the integration test skips with the
 reason; .ci/run sets one up as root (docker/ci-engine.sh).
@@ -23,7 +24,11 @@ import pytest
 from bench import docker
 from bench.latency.netem import NETEM_LIMIT
 from bench.processes import process_tree
-from bench.variants import discover
+from bench.runner import RunConfig, plan_cells
+from bench.variants import discover, select
+
+# One xdist worker runs the module in order: both runs use the same compose project.
+pytestmark = pytest.mark.xdist_group("docker")
 
 PROJECT = "asyncdj-test"  # one compose project (and PostgreSQL template volume) for the tests
 CI_LOG = Path(os.environ.get("BENCH_CI_ENGINE_LOG", "/tmp/asynchronize-django-ci-engine.log"))
@@ -84,28 +89,66 @@ def engine() -> docker.Engine:
     return found
 
 
+# The run of the integration test below: one smoke cell per interface (sync_gunicorn: WSGI,
+# async_unlimited: ASGI), and first a sync_gthread cell whose PostgreSQL is killed.
+VARIANTS = ["sync_gthread", "sync_gunicorn", "async_unlimited"]
+KILLED = "sync_gthread"
+
+
+def seed_running_first(variant: str) -> int:
+    """A --seed whose shuffled order runs `variant`'s cell first."""
+    config = RunConfig(variants=VARIANTS, routes=["io_read"], latencies_ms=[20])
+    chosen = select(discover(), VARIANTS)
+    return next(seed for seed in range(1000)
+                if plan_cells(config, chosen, seed)[0].variant.name == variant)
+
+
 @pytest.mark.integration
-def test_one_smoke_cell_per_interface_runs_in_containers(engine: docker.Engine,
-                                                         tmp_path: Path) -> None:
+def test_smoke_cells_per_interface_and_postgres_dying_mid_cell(engine: docker.Engine,
+                                                               tmp_path: Path) -> None:
+    """Two tests in one run (each Docker run builds or checks the images and each cell
+    starts its containers: about a minute per cell on vfs). One smoke cell per interface
+    (WSGI: sync_gunicorn, ASGI: async_unlimited) runs in containers and is measured; and,
+    as tests/test_run.py does locally, PostgreSQL killed during the first cell's load
+    (sync_gthread's) fails that cell with the reason while the run goes on: the next cells
+    get a new db container and are measured."""
     out = tmp_path / "run"
     env = {**os.environ, "BENCH_COMPOSE_PROJECT": PROJECT}
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--docker", "--variants",
-         "sync_gunicorn,async_unlimited", "--routes", "io_read", "--latencies", "20",
+    killed_id = f"{KILLED}__io_read__20ms__r1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", "--docker", "--variants", ",".join(VARIANTS),
+         "--routes", "io_read", "--latencies", "20", "--seed", str(seed_running_first(KILLED)),
          "--profile", "smoke", "--rows", "2000", "--cpu-loop", "1000", "--out", str(out),
          "--no-report"],
-        capture_output=True, text=True, env=env, timeout=1500)
-    assert result.returncode == 0, result.stderr[-3000:]
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        live = out / "cells" / killed_id / ".locust"
+        deadline = time.monotonic() + 900
+        while not any(live.glob("start.*")):  # Locust's test has started in the container
+            assert proc.poll() is None and time.monotonic() < deadline, "no load started"
+            time.sleep(0.2)
+        time.sleep(2)
+        how = _kill_postmaster(engine)
+        _, stderr = proc.communicate(timeout=1500)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]  # one cell failed
 
     run = json.loads((out / "run.json").read_text())
     assert run["mode"] == "docker" and run["status"] == "complete"
+    assert run["cells"][0] == killed_id  # the order the cells ran in
     assert run["latency_backend"] in {"netem", "proxy"}
     assert run["latency_backend_reason"]
     assert run["postgres_version"].startswith("16")
     assert set(run["docker"]["images"]) >= {docker.BASE_TAG,
                                             docker.image_tag("sync_gunicorn"),
                                             docker.image_tag("async_unlimited")}
-    for cell_id in run["cells"]:
+    killed = json.loads((out / "cells" / killed_id / "cell.json").read_text())
+    assert killed["status"] == "failed" and "PostgreSQL exited" in killed["reason"], (how,
+                                                                                       killed)
+    assert killed["mode"] == "docker"
+    for cell_id in run["cells"][1:]:
         folder = out / "cells" / cell_id
         cell = json.loads((folder / "cell.json").read_text())
         assert cell["status"] == "ok", cell["reason"]
@@ -118,9 +161,12 @@ def test_one_smoke_cell_per_interface_runs_in_containers(engine: docker.Engine,
                      "server.log"):
             assert (folder / name).is_file(), name
         assert len((folder / "responses.csv").read_text().splitlines()) > 1
+    assert sorted(json.loads((out / "cells" / c / "cell.json").read_text())["variant"]
+                  for c in run["cells"][1:]) == ["async_unlimited", "sync_gunicorn"]
     with (out / "summary.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert sorted(r["variant"] for r in rows) == ["async_unlimited", "sync_gunicorn"]
+    assert sorted((r["variant"], r["status"]) for r in rows) == [
+        ("async_unlimited", "ok"), (KILLED, "failed"), ("sync_gunicorn", "ok")]
     assert _project_containers(engine) == "", "containers left running"
 
 
@@ -148,40 +194,3 @@ def _kill_postmaster(engine: docker.Engine) -> str:
                 break
     engine.run(["kill", db], 60)
     return "db container killed"
-
-
-@pytest.mark.integration
-def test_postgres_dying_mid_cell_fails_that_cell_and_the_run_goes_on(engine: docker.Engine,
-                                                                     tmp_path: Path) -> None:
-    """The local test of tests/test_run.py through Docker: PostgreSQL killed during repeat
-    1's load fails that cell with the reason; repeat 2 (a new db container) is measured."""
-    out = tmp_path / "run"
-    env = {**os.environ, "BENCH_COMPOSE_PROJECT": PROJECT}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench", "run", "--docker", "--variants", "sync_gunicorn",
-         "--routes", "io_create", "--latencies", "0", "--latency-backend", "none",
-         "--repeats", "2", "--profile", "smoke", "--rows", "2000", "--cpu-loop", "1000",
-         "--out", str(out), "--no-report"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        live = out / "cells" / "sync_gunicorn__io_create__0ms__r1" / ".locust"
-        deadline = time.monotonic() + 900
-        while not any(live.glob("start.*")):  # Locust's test has started in the container
-            assert proc.poll() is None and time.monotonic() < deadline, "no load started"
-            time.sleep(0.2)
-        time.sleep(2)
-        how = _kill_postmaster(engine)
-        _, stderr = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, stderr[-3000:]
-    first = json.loads((out / "cells" / "sync_gunicorn__io_create__0ms__r1" / "cell.json"
-                        ).read_text())
-    second = json.loads((out / "cells" / "sync_gunicorn__io_create__0ms__r2" / "cell.json"
-                         ).read_text())
-    assert first["status"] == "failed" and "PostgreSQL exited" in first["reason"], (how, first)
-    assert first["mode"] == "docker"
-    assert second["status"] == "ok", second["reason"]
-    assert second["metrics"]["steady_srps"] > 0
-    assert _project_containers(engine) == "", "containers left running"
