@@ -80,8 +80,18 @@ def tests(session: nox.Session) -> None:
     install_chromium(session)
     install_pgbouncer(session)
     install_uml(session)
-    # --durations: CI's log names the slowest tests (the suite's time is a goal, issue 12)
-    session.run("python", "-m", "pytest", *(session.posargs or ["-q", "--durations=15"]))
+    # --durations: CI's log names the slowest tests (the suite's time is a goal, issue 12).
+    # Two passes: the tests on two xdist workers (-n 2 --dist loadgroup: each xdist_group,
+    # e.g. the Docker tests or the local `bench run`s, stays on one worker, in order; the
+    # units go out in collection order, the two longest first: tests/conftest.py), then
+    # the tests marked `alone` (timings of milliseconds or a statistical stop) with nothing
+    # beside them. Arguments after -- replace both passes' defaults with one plain pytest.
+    if session.posargs:
+        session.run("python", "-m", "pytest", *session.posargs)
+        return
+    session.run("python", "-m", "pytest", "-q", "--durations=15", "-n", "2", "--dist",
+                "loadgroup", "--no-loadscope-reorder", "-m", "not alone")
+    session.run("python", "-m", "pytest", "-q", "--durations=5", "-m", "alone")
 
 
 @nox.session

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -23,6 +25,22 @@ from bench.variants import Variant
 
 # Small template for tests: the routes' semantics do not depend on the row count.
 TEST_ROWS = 2000
+# The two longest xdist groups (about 5 minutes each): first in the collection, so that
+# under nox's `-n 2 --dist loadgroup --no-loadscope-reorder` (work handed out in collection
+# order) each starts on its own worker at once and the other tests fill in beside them.
+FIRST_GROUPS = ("docker", "runs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if getattr(config.option, "dist", "no") == "no":
+        return
+
+    def rank(item: pytest.Item) -> int:
+        mark = item.get_closest_marker("xdist_group")
+        name = mark.args[0] if mark and mark.args else None
+        return FIRST_GROUPS.index(name) if name in FIRST_GROUPS else len(FIRST_GROUPS)
+
+    items.sort(key=rank)  # stable: each group, and the rest, keep their order
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +61,25 @@ def pg_template_rows() -> int:
 @pytest.fixture(scope="session")
 def pg_template(pg_cluster: PostgresCluster, pg_template_rows: int) -> str:
     return pg_cluster.ensure_template(pg_template_rows)
+
+
+@pytest.fixture(scope="session")
+def small_real_run(tmp_path_factory: pytest.TempPathFactory
+                   ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One real `bench run` shared by the tests that read different things from it
+    (tests/test_run.py's central effect: the io_create/ cells; tests/test_report.py: the
+    report): sync_gunicorn and async_unlimited x cpu/ and io_create/ x 0 and 100 ms through
+    the proxy backend, smoke profile, with its report. (results folder, the finished
+    process); each test asserts on the exit code and output it needs. Both tests are
+    marked `alone` (nox runs them in its second pass, without xdist): the run happens
+    once, with nothing beside it to skew the central effect's ratios."""
+    out = tmp_path_factory.mktemp("small_real_run") / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--variants", "sync_gunicorn,async_unlimited",
+         "--routes", "cpu,io_create", "--latencies", "0,100", "--profile", "smoke",
+         "--latency-backend", "proxy", "--rows", str(TEST_ROWS), "--cpu-loop", "1000",
+         "--out", str(out)], capture_output=True, text=True, timeout=900)
+    return out, result
 
 
 @pytest.fixture

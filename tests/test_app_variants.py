@@ -13,7 +13,8 @@ from conftest import request_json, serving
 from bench.variants import Variant, discover
 from bench.verify import expected_ct, verify_routes
 
-pytestmark = pytest.mark.integration
+# One xdist worker: the module's server fixture starts each variant once.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("app_variants")]
 
 CPU_LOOP = 1000
 VARIANTS = sorted(discover())

@@ -12,6 +12,10 @@ import pytest
 
 from bench.latency import LatencyError, resolve_backend
 
+# `bench run` probes netem in a namespace of its own: on the xdist worker of the other
+# namespace tests (tests/test_run.py's Ctrl-C test compares `ip netns list`).
+pytestmark = pytest.mark.xdist_group("runs")
+
 
 def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True,

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from bench.postgres import PostgresCluster
 from bench.variants import discover
 
-pytestmark = pytest.mark.integration
+# One xdist worker: the module's server fixture starts each flavour once.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("fuzz")]
 
 FLAVOURS = ["sync_gunicorn", "async_uvicorn", "async_native"]
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=150)

@@ -23,6 +23,12 @@ from bench.latency.delay_proxy import EVENT_LOOP, DelayedWriter, delays
 from bench.latency.netem import NETEM_LIMIT, NetemSession, Topology, netem_qdisc_command
 from bench.latency.proxy import ProxyProcess, ProxySession
 
+# One xdist worker runs these in order with the other tests that make network namespaces
+# (tests/test_run.py's Ctrl-C test compares `ip netns list` before and after); the ones
+# that time milliseconds are marked `alone`: nox runs them after the others, with nothing
+# beside them.
+pytestmark = pytest.mark.xdist_group("runs")
+
 
 class EchoServer:
     """A real TCP server on loopback that echoes each chunk back at once."""
@@ -77,6 +83,7 @@ def round_trips_ms(host: str, port: int, count: int = 20) -> list[float]:
         return times
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize(("direction", "delay_ms"), [("upstream", 80), ("downstream", 80),
                                                      ("both", 40)])
 def test_proxy_adds_its_delay_once_per_round_trip(echo: EchoServer, direction: str,
@@ -92,6 +99,7 @@ def test_proxy_adds_its_delay_once_per_round_trip(echo: EchoServer, direction: s
     assert min(times) >= added * 0.98, times
 
 
+@pytest.mark.alone
 def test_proxy_at_zero_adds_under_a_millisecond(echo: EchoServer) -> None:
     proxy = ProxyProcess(("127.0.0.1", echo.port), 0, "upstream")
     host, port = proxy.start()
@@ -140,6 +148,7 @@ def test_proxy_closes_the_client_when_the_upstream_refuses() -> None:
         proxy.stop()
 
 
+@pytest.mark.alone
 def test_delayed_writer_releases_in_arrival_order() -> None:
     class Sink(asyncio.Transport):
         def __init__(self) -> None:
@@ -201,6 +210,7 @@ def test_proxy_cli_rejects_bad_arguments() -> None:
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
 
 
+@pytest.mark.alone
 def test_proxy_session_routes_both_ways_and_leaves_nothing(echo: EchoServer) -> None:
     session = open_latency("proxy", 30, cpus=sorted(os.sched_getaffinity(0)))
     assert isinstance(session, ProxySession)

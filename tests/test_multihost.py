@@ -24,7 +24,8 @@ from bench.latency.netem import Topology
 from bench.net import free_port
 from bench.paths import repo_root
 
-pytestmark = pytest.mark.integration
+# One xdist worker runs these in order with the other `bench run` and namespace tests.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("runs")]
 
 SMALL = ["--rows", "2000", "--cpu-loop", "1000", "--no-report"]
 

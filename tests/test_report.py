@@ -7,7 +7,6 @@ import json
 import math
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,10 @@ from bench.report.stats import (
     steady_estimate,
     t_interval,
 )
+
+# One xdist worker builds the hand-made report (the module fixture) once; the real run's
+# test is marked `alone` (tests/conftest.py's small_real_run).
+pytestmark = pytest.mark.xdist_group("report")
 
 CHROMIUM = Path("/usr/bin/chromium")
 XSS = "<script>alert(1)</script>"
@@ -367,13 +370,13 @@ def test_html_renders_in_headless_chromium_with_every_figure(
 # -- a real run ----------------------------------------------------------------------------
 
 @pytest.mark.integration
-def test_report_of_a_small_real_run(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--variants", "sync_gunicorn,async_unlimited",
-         "--routes", "cpu,io_create", "--latencies", "0,50", "--profile", "smoke",
-         "--latency-backend", "proxy", "--rows", "2000", "--cpu-loop", "1000",
-         "--out", str(out)], capture_output=True, text=True, timeout=900)
+@pytest.mark.alone  # its run is the central effect test's (tests/test_run.py)
+def test_report_of_a_small_real_run(
+        small_real_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """The report `bench run` writes at the end of a real run (tests/conftest.py's
+    small_real_run: 2 variants x cpu/, io_create/ x 0, 100 ms, shared with
+    tests/test_run.py's central effect)."""
+    out, result = small_real_run
     assert "report failed" not in result.stderr, result.stderr[-3000:]
     assert (out / "report.html").is_file(), result.stderr[-3000:]
     md = (out / "report.md").read_text()

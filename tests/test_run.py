@@ -18,7 +18,9 @@ import pytest
 
 from bench.paths import servers_dir
 
-pytestmark = pytest.mark.integration
+# One xdist worker runs these in order (with the other `bench run` and namespace tests:
+# the Ctrl-C test compares `ip netns list` before and after).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("runs")]
 
 SMALL = ["--rows", "2000", "--cpu-loop", "1000", "--no-report"]
 
@@ -37,14 +39,14 @@ def netns_list() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
-def test_central_effect_sync_collapses_with_latency_async_holds(tmp_path: Path) -> None:
+@pytest.mark.alone  # a ratio of two cells' throughputs: nothing may run beside either
+def test_central_effect_sync_collapses_with_latency_async_holds(
+        small_real_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     """The study's result at small scale, through the proxy backend: sync_gunicorn's steady
-    sRPS at 100 ms < 30% of its 0 ms value; async_unlimited's > 60%."""
-    out = tmp_path / "run"
-    result = subprocess.run(bench_cmd(
-        "run", "--variants", "sync_gunicorn,async_unlimited", "--routes", "io_create",
-        "--latencies", "0,100", "--profile", "smoke", "--latency-backend", "proxy",
-        "--out", str(out), *SMALL), capture_output=True, text=True, timeout=600)
+    sRPS at 100 ms < 30% of its 0 ms value; async_unlimited's > 60%. The io_create/ cells
+    of tests/conftest.py's small_real_run (which also has cpu/ cells, for the report test):
+    one run instead of two."""
+    out, result = small_real_run
     assert result.returncode == 0, result.stderr[-3000:]
     steady = {}
     for variant in ("sync_gunicorn", "async_unlimited"):
@@ -61,7 +63,10 @@ def test_central_effect_sync_collapses_with_latency_async_holds(tmp_path: Path) 
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["latency_backend"] == "proxy"
     summary = (out / "summary.csv").read_text().splitlines()
-    assert len(summary) == 1 + 4
+    assert len(summary) == 1 + len(run["cells"]) == 1 + 8  # a row per cell, io_create's 4
+    assert all(any(line.startswith(f"{variant}__io_create__{latency}ms__r1,")
+                   for line in summary)
+               for variant in ("sync_gunicorn", "async_unlimited") for latency in (0, 100))
 
 
 def dying_servers_dir(tmp_path: Path) -> Path:
@@ -207,6 +212,7 @@ def test_postgres_or_locust_dying_mid_cell_fails_that_cell_and_the_run_goes_on(
     assert third["metrics"]["steady_srps"] > 0
 
 
+@pytest.mark.alone  # a statistical stop: nox runs it after the others, with nothing beside it
 def test_a_cell_stops_once_its_interval_is_precise_enough(tmp_path: Path) -> None:
     """With a loose --precision the load stops soon after the minimum hold, well before
     the maximum (long: 15 s minimum, 60 s maximum, so there is room for the warm-up and

@@ -19,6 +19,7 @@ from bench.pg_install import ensure_os_user
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.xdist_group("runs"),  # with the other `bench run` tests, on one xdist worker
     pytest.mark.skipif(
         Path(__file__).resolve().is_relative_to("/tmp"),
         reason="the checkout is under /tmp, which the UML init script hides behind a tmpfs"),
