@@ -84,8 +84,8 @@ def tests(session: nox.Session) -> None:
     # Two passes: the tests on two xdist workers (-n 2 --dist loadgroup: each xdist_group,
     # e.g. the Docker tests or the local `bench run`s, stays on one worker, in order; the
     # units go out in collection order, the two longest first: tests/conftest.py), then
-    # the tests marked `alone` (timings of milliseconds or a statistical stop) with nothing
-    # beside them. Arguments after -- replace both passes' defaults with one plain pytest.
+    # the tests marked `alone` (timings of milliseconds, a statistical stop, throughput
+    # ratios) with nothing beside them. Arguments after -- run one plain pytest instead.
     if session.posargs:
         session.run("python", "-m", "pytest", *session.posargs)
         return

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -61,25 +59,6 @@ def pg_template_rows() -> int:
 @pytest.fixture(scope="session")
 def pg_template(pg_cluster: PostgresCluster, pg_template_rows: int) -> str:
     return pg_cluster.ensure_template(pg_template_rows)
-
-
-@pytest.fixture(scope="session")
-def small_real_run(tmp_path_factory: pytest.TempPathFactory
-                   ) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """One real `bench run` shared by the tests that read different things from it
-    (tests/test_run.py's central effect: the io_create/ cells; tests/test_report.py: the
-    report): sync_gunicorn and async_unlimited x cpu/ and io_create/ x 0 and 100 ms through
-    the proxy backend, smoke profile, with its report. (results folder, the finished
-    process); each test asserts on the exit code and output it needs. Both tests are
-    marked `alone` (nox runs them in its second pass, without xdist): the run happens
-    once, with nothing beside it to skew the central effect's ratios."""
-    out = tmp_path_factory.mktemp("small_real_run") / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--variants", "sync_gunicorn,async_unlimited",
-         "--routes", "cpu,io_create", "--latencies", "0,100", "--profile", "smoke",
-         "--latency-backend", "proxy", "--rows", str(TEST_ROWS), "--cpu-loop", "1000",
-         "--out", str(out)], capture_output=True, text=True, timeout=900)
-    return out, result
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import json
 import math
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,7 @@ from bench.report.stats import (
     t_interval,
 )
 
-# One xdist worker builds the hand-made report (the module fixture) once; the real run's
-# test is marked `alone` (tests/conftest.py's small_real_run).
+# One xdist worker builds the hand-made report (the module fixture) once.
 pytestmark = pytest.mark.xdist_group("report")
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -370,13 +370,15 @@ def test_html_renders_in_headless_chromium_with_every_figure(
 # -- a real run ----------------------------------------------------------------------------
 
 @pytest.mark.integration
-@pytest.mark.alone  # its run is the central effect test's (tests/test_run.py)
-def test_report_of_a_small_real_run(
-        small_real_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    """The report `bench run` writes at the end of a real run (tests/conftest.py's
-    small_real_run: 2 variants x cpu/, io_create/ x 0, 100 ms, shared with
-    tests/test_run.py's central effect)."""
-    out, result = small_real_run
+def test_report_of_a_small_real_run(tmp_path: Path) -> None:
+    """The report `bench run` writes at the end of a real run of 8 cells: the report needs
+    every cell and the interaction, not a given load (tiny profile: 5 users, 4 s)."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--variants", "sync_gunicorn,async_unlimited",
+         "--routes", "cpu,io_create", "--latencies", "0,50", "--profile", "tiny",
+         "--latency-backend", "proxy", "--rows", "2000", "--cpu-loop", "1000",
+         "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert "report failed" not in result.stderr, result.stderr[-3000:]
     assert (out / "report.html").is_file(), result.stderr[-3000:]
     md = (out / "report.md").read_text()
