@@ -30,7 +30,9 @@ FIRST_GROUPS = ("docker", "runs")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if getattr(config.option, "dist", "no") == "no":
+    # The workers collect (the controller hands out their collection's order); xdist sets
+    # their `dist` to "no" and `loadgroup` to whether the run is --dist loadgroup.
+    if not getattr(config.option, "loadgroup", False):
         return
 
     def rank(item: pytest.Item) -> int:
