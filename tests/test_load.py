@@ -23,6 +23,10 @@ from bench.load import (
 from bench.metrics import cell_metrics
 from bench.requestlog import RequestLog
 
+# One xdist worker runs these in order: Locust's --processes (processes=2 below) binds its
+# local master to port 5557, so two such runs at once break each other (seen under -n 2).
+pytestmark = pytest.mark.xdist_group("load")
+
 GOOD = {"users": 10, "spawn_rate": 10, "min_hold_s": 5, "max_hold_s": 10, "precision": 0.05,
         "timeout_s": 5}
 
