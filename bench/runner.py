@@ -198,13 +198,18 @@ def _same_group(a: Cell, b: Cell) -> bool:
 
 def placement() -> dict[str, list[int]]:
     """The server on its own core, PostgreSQL and Locust on the rest (with >= 2 cores), the
-    latency proxies on any core: pinned beside PostgreSQL they waited for its core and
-    added 8-11% to each new PostgreSQL connection, about 3% when free to run anywhere
-    (benchmarks/proxy_overhead.py --postgres); netem's work runs on the sending core too."""
+    latency proxies on the server's core, as real-time tasks (bench/latency/delay_proxy.py).
+
+    Measured on sync_gunicorn io_create/ 0 ms, steady sRPS through the proxy over none
+    (benchmarks/proxy_overhead.py --end-to-end, 3 repeats each, one quiet 2-core machine):
+    free on any core 0.79; real-time on any core 0.90; on the server's core alone 0.90;
+    real-time on the server's core 1.00 (0.98-1.02). A sync worker idles while its query
+    crosses the proxy, so the proxy's core is free exactly when it has work; beside
+    PostgreSQL and Locust it waited for them. netem's work runs on the sending core too."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return {"server_cpus": cpus, "other_cpus": cpus, "latency_cpus": cpus}
-    return {"server_cpus": cpus[-1:], "other_cpus": cpus[:-1], "latency_cpus": cpus}
+    return {"server_cpus": cpus[-1:], "other_cpus": cpus[:-1], "latency_cpus": cpus[-1:]}
 
 
 def host_addresses() -> list[str]:
@@ -248,8 +253,8 @@ def caveats(backend: str, backend_reason: str, place: dict[str, list[int]],
     cores = len(os.sched_getaffinity(0))
     if cores <= 4:
         notes.append(f"{cores} cores: the server has {len(place['server_cpus'])} core(s); "
-                     "PostgreSQL and Locust share the rest; the latency proxy may run on any "
-                     "core")
+                     "PostgreSQL and Locust share the rest; the latency proxies run on the "
+                     "server's core")
     if backend == "proxy":
         from bench.latency import proxy
 
@@ -258,6 +263,10 @@ def caveats(backend: str, backend_reason: str, place: dict[str, list[int]],
                 f"costs one L less than under netem ({backend_reason})")
         fidelity = getattr(proxy, "FIDELITY_NOTE", "")
         notes.append(f"{note}; {fidelity}" if fidelity else note)
+        if not proxy.realtime_permitted():
+            notes.append("the latency proxies could not run as real-time tasks (not root): "
+                         "each message waits for a busy core, which cost a cell that opens a "
+                         "PostgreSQL connection per request up to 21% of its sRPS at 0 ms")
     if config.repeats == 1:
         notes.append("one repeat per cell: confidence intervals are batch means within a cell")
     if config.target:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -13,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -21,7 +23,9 @@ from bench.latency import LatencyError, open_latency, resolve_backend
 from bench.latency import auto as latency_auto
 from bench.latency.delay_proxy import EVENT_LOOP, DelayedWriter, delays
 from bench.latency.netem import NETEM_LIMIT, NetemSession, Topology, netem_qdisc_command
-from bench.latency.proxy import ProxyProcess, ProxySession
+from bench.latency.proxy import ProxyProcess, ProxySession, realtime_permitted
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # One xdist worker runs these in order with the other tests that make network namespaces
 # (tests/test_run.py's Ctrl-C test compares `ip netns list` before and after); the ones
@@ -210,6 +214,47 @@ def test_proxy_cli_rejects_bad_arguments() -> None:
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
 
 
+def test_proxy_cli_rejects_a_bad_realtime_priority() -> None:
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "bench.latency.delay_proxy",
+                             "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1",
+                             "--delay-ms", "0", "--realtime-priority", "100"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "priority 1-99" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None,
+                    reason="needs util-linux's setpriv to drop CAP_SYS_NICE")
+def test_proxy_stays_on_the_normal_scheduler_where_real_time_is_not_permitted() -> None:
+    import sys
+
+    # Without CAP_SYS_NICE and with RLIMIT_RTPRIO 0, SCHED_FIFO is refused: the proxy still
+    # starts, and says "sched=other"; the harness's own check agrees.
+    command = [sys.executable, "-m", "bench.latency.delay_proxy", "--listen", "127.0.0.1:0",
+               "--upstream", "127.0.0.1:1", "--delay-ms", "0", "--realtime-priority", "10"]
+    check = [sys.executable, "-c", "from bench.latency.proxy import realtime_permitted; "
+                                   "print(realtime_permitted())"]
+    drop = ["setpriv", "--bounding-set", "-sys_nice"]
+
+    def no_rtprio() -> None:
+        resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))
+
+    verdict = subprocess.run(drop + check, capture_output=True, text=True, timeout=30,
+                             cwd=ROOT, preexec_fn=no_rtprio)
+    assert verdict.stdout.strip() == "False", verdict.stderr
+    proc = subprocess.Popen(drop + command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, preexec_fn=no_rtprio)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening ") and line.split()[-1] == "sched=other", line
+        assert os.sched_getscheduler(proc.pid) != os.SCHED_FIFO
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 @pytest.mark.alone
 def test_proxy_session_routes_both_ways_and_leaves_nothing(echo: EchoServer) -> None:
     session = open_latency("proxy", 30, cpus=sorted(os.sched_getaffinity(0)))
@@ -222,6 +267,12 @@ def test_proxy_session_routes_both_ways_and_leaves_nothing(echo: EchoServer) -> 
         pids = session.pids()
         assert len(pids) == 2
         assert session.event_loops() == [EVENT_LOOP, EVENT_LOOP]
+        # Real-time where permitted (as root here), as each proxy reported and as the kernel
+        # has it; else the normal scheduler, said so.
+        expected = "fifo" if realtime_permitted() else "other"
+        assert session.schedulings() == [expected, expected]
+        assert all((os.sched_getscheduler(pid) == os.SCHED_FIFO) == (expected == "fifo")
+                   for pid in pids)
         assert 30 <= statistics.median(round_trips_ms(client_host, client_port, 5)) < 40
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"

@@ -14,8 +14,9 @@ the proxy vs without it).
     python -m bench.latency.delay_proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:5432 \
         --delay-ms 100 --delay-direction downstream
 
-It prints `listening HOST:PORT loop=NAME` once it accepts connections (NAME: EVENT_LOOP,
-uvloop or asyncio), and runs until SIGTERM.
+It prints `listening HOST:PORT loop=NAME sched=POLICY` once it accepts connections (NAME:
+EVENT_LOOP, uvloop or asyncio; POLICY: fifo or other, see --realtime-priority), and runs
+until SIGTERM.
 
 Written here rather than taken from a library: Toxiproxy is a Go binary (nothing to
 install from PyPI), and the few Python proxies on PyPI have no per-chunk delay.
@@ -24,6 +25,17 @@ Why uvloop: at L = 0 the proxy stands in every cell, on the core PostgreSQL and 
 share, and every message of every PostgreSQL connection wakes it up for a read and a write;
 uvloop runs the loop in C (libuv), so each message costs less CPU on that shared core.
 asyncio is the fallback where uvloop cannot be imported (it has no Windows build, for one).
+
+Why --realtime-priority (SCHED_FIFO): netem delays packets inside the kernel, in softirq
+context, ahead of every process; a proxy is a process, and on a shared core each message
+waited its turn behind the server, PostgreSQL or Locust. A cell that opens a PostgreSQL
+connection per request sends about sixteen messages per request through the proxies, and
+that wait cost sync_gunicorn io_create/ 0 ms 21% of its steady sRPS against no proxy
+(benchmarks/proxy_overhead.py --end-to-end). As a real-time task the proxy runs the moment
+a message arrives, like the kernel's network stack; it sleeps between messages, and the
+kernel's real-time throttling (sched_rt_runtime_us, 95% by default) keeps it from locking
+a core. Where the policy is not permitted (not root, no CAP_SYS_NICE) it stays on the
+normal scheduler and says so in its ready line.
 """
 
 from __future__ import annotations
@@ -235,6 +247,25 @@ async def serve(listen: tuple[str, int], upstream: tuple[str, int], delay_ms: fl
         await server.serve_forever()
 
 
+def set_realtime(priority: int) -> str:
+    """SCHED_FIFO at `priority` (1-99) for this process; 0 leaves the scheduler alone.
+
+    Returns the policy in force: "fifo", or "other" where it was 0 or not permitted."""
+    if priority > 0:
+        with contextlib.suppress(PermissionError, AttributeError):  # AttributeError: no Linux
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    with contextlib.suppress(AttributeError):
+        if os.sched_getscheduler(0) == os.SCHED_FIFO:
+            return "fifo"
+    return "other"
+
+
+def _priority(text: str) -> int:
+    if not text.isdigit() or int(text) > 99:
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or a priority 1-99, got {text!r}")
+    return int(text)
+
+
 def _address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
@@ -262,10 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-direction", choices=DIRECTIONS, default="upstream",
                         help="upstream: delay what the upstream sends back (default); "
                              "downstream: delay what clients send to it; both")
+    parser.add_argument("--realtime-priority", type=_priority, default=0, metavar="N",
+                        help="run as a real-time task (SCHED_FIFO) at priority N, 1-99, where "
+                             "permitted, so messages never wait for a busy core; 0: the "
+                             "normal scheduler (default)")
     args = parser.parse_args(argv)
+    sched = set_realtime(args.realtime_priority)
 
     def ready(host: str, port: int) -> None:
-        print(f"listening {host}:{port} loop={EVENT_LOOP}", flush=True)
+        print(f"listening {host}:{port} loop={EVENT_LOOP} sched={sched}", flush=True)
 
     loop = new_event_loop()
 

@@ -35,8 +35,29 @@ FIDELITY_NOTE = (
     "async_unlimited (72.2% vs 67.2%). Its undelayed handshakes give 7-10% more sRPS at "
     "100 ms and its CPU cost lowers the 0 ms figure. The study's verdicts hold under both: "
     "sync collapses, async holds.")
+# SCHED_FIFO priority of the proxies (delay_proxy.py says why). Low among real-time
+# priorities: the kernel's own real-time threads stay ahead of it.
+REALTIME_PRIORITY = 10
 READY_TIMEOUT_S = 15.0
 STOP_GRACE_S = 5.0
+
+
+CAP_SYS_NICE = 23  # linux/capability.h
+
+
+def realtime_permitted() -> bool:
+    """Whether a proxy started from here may run as a real-time task: CAP_SYS_NICE (root
+    has it, unless a container dropped it), or an RLIMIT_RTPRIO that allows
+    REALTIME_PRIORITY."""
+    import resource
+
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            line = next(x for x in status if x.startswith("CapEff:"))
+        if int(line.split()[1], 16) >> CAP_SYS_NICE & 1:
+            return True
+    soft, _ = resource.getrlimit(resource.RLIMIT_RTPRIO)
+    return soft == resource.RLIM_INFINITY or soft >= REALTIME_PRIORITY
 
 
 def _die_with_parent() -> None:
@@ -70,12 +91,15 @@ class ProxyProcess:
         self.errors: IO[bytes] | None = None
         #: The event loop the proxy said it runs on ("uvloop" or "asyncio"), once started.
         self.event_loop: str | None = None
+        #: Its scheduling policy, as it reported it: "fifo", or "other" where not permitted.
+        self.sched: str | None = None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", PROGRAM,
                 "--listen", f"{self.listen_host}:0",
                 "--upstream", f"{self.upstream[0]}:{self.upstream[1]}",
-                "--delay-ms", str(self.delay_ms), "--delay-direction", self.direction]
+                "--delay-ms", str(self.delay_ms), "--delay-direction", self.direction,
+                "--realtime-priority", str(REALTIME_PRIORITY)]
 
     def start(self) -> tuple[str, int]:
         cpus = self.cpus
@@ -98,9 +122,10 @@ class ProxyProcess:
             err = self.errors.read().decode(errors="replace")
             self.stop()
             raise LatencyError(f"latency proxy did not start: {(line or err).strip()[:300]}")
-        fields = line.split()  # "listening HOST:PORT loop=NAME"
-        self.event_loop = next((f.removeprefix("loop=") for f in fields[2:]
-                                if f.startswith("loop=")), None)
+        fields = line.split()  # "listening HOST:PORT loop=NAME sched=POLICY"
+        named = dict(f.split("=", 1) for f in fields[2:] if "=" in f)
+        self.event_loop = named.get("loop")
+        self.sched = named.get("sched")
         host, _, port = fields[1].rpartition(":")
         return host, int(port)
 
@@ -148,6 +173,10 @@ class ProxySession(LatencySession):
     def event_loops(self) -> list[str]:
         """The event loop each running proxy reported ("uvloop" or "asyncio")."""
         return [p.event_loop for p in self.proxies if p.event_loop is not None]
+
+    def schedulings(self) -> list[str]:
+        """The scheduling policy each running proxy reported ("fifo" or "other")."""
+        return [p.sched for p in self.proxies if p.sched is not None]
 
     def close(self) -> None:
         for proxy in self.proxies:
