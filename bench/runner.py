@@ -203,8 +203,8 @@ def placement() -> dict[str, list[int]]:
     Measured on sync_gunicorn io_create/ 0 ms, steady sRPS through the proxy over none
     (benchmarks/proxy_overhead.py --end-to-end, 3 repeats each, one quiet 2-core machine):
     free on any core 0.79; real-time on any core 0.90; on the server's core alone 0.90;
-    real-time on the server's core 1.00 (0.98-1.02). A sync worker idles while its query
-    crosses the proxy, so the proxy's core is free exactly when it has work; beside
+    real-time on the server's core 0.93 (9 repeats, 0.82-1.02). A sync worker idles while
+    its query crosses the proxy, so the proxy's core is free when it has work; beside
     PostgreSQL and Locust it waited for them. netem's work runs on the sending core too."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
