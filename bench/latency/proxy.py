@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from typing import IO
 
 from bench.latency.base import LatencyError, LatencySession
@@ -77,22 +78,21 @@ def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
     return proc.stdout.readline()
 
 
+@dataclass(eq=False)
 class ProxyProcess:
     """One proxy, as a child process; start() returns the address it listens on."""
 
-    def __init__(self, upstream: tuple[str, int], delay_ms: float, direction: str,
-                 listen_host: str = "127.0.0.1", cpus: list[int] | None = None) -> None:
-        self.upstream = upstream
-        self.delay_ms = delay_ms
-        self.direction = direction
-        self.listen_host = listen_host
-        self.cpus = cpus
-        self.proc: subprocess.Popen[str] | None = None
-        self.errors: IO[bytes] | None = None
-        #: The event loop the proxy said it runs on ("uvloop" or "asyncio"), once started.
-        self.event_loop: str | None = None
-        #: Its scheduling policy, as it reported it: "fifo", or "other" where not permitted.
-        self.sched: str | None = None
+    upstream: tuple[str, int]
+    delay_ms: float
+    direction: str
+    listen_host: str = "127.0.0.1"
+    cpus: list[int] | None = None
+    proc: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)
+    errors: IO[bytes] | None = field(default=None, init=False, repr=False)
+    #: The event loop the proxy said it runs on ("uvloop" or "asyncio"), once started.
+    event_loop: str | None = field(default=None, init=False)
+    #: Its scheduling policy, as it reported it: "fifo", or "other" where not permitted.
+    sched: str | None = field(default=None, init=False)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", PROGRAM,
