@@ -319,7 +319,7 @@ def test_interaction_equals_hand_computation_with_delta_method_interval() -> Non
     means = {("s", "io_read", 0): 100.0, ("s", "io_read", 200): 2.0,
              ("a", "io_read", 0): 120.0, ("a", "io_read", 200): 100.0,
              ("s", "cpu", 0): 10.0, ("s", "cpu", 200): 9.0,
-             ("a", "cpu", 0): 8.0, ("a", "cpu", 200): 8.0}
+             ("a", "cpu", 0): 8.0, ("a", "cpu", 200): 6.0}  # every change nonzero
     half_width = 0.1  # every CI: mean +- 10%
     table = {k: Estimate(m, m * (1 - half_width), m * (1 + half_width), 1, 4, "batch means")
              for k, m in means.items()}
@@ -327,7 +327,7 @@ def test_interaction_equals_hand_computation_with_delta_method_interval() -> Non
                         floor=0.01)
     assert not isinstance(found, str)
     hand = ((math.log(2) - math.log(100)) - (math.log(100) - math.log(120))) - (
-        (math.log(9) - math.log(10)) - (math.log(8) - math.log(8)))
+        (math.log(9) - math.log(10)) - (math.log(6) - math.log(8)))
     assert found.value == pytest.approx(hand)
     se_log = half_width / T_975_DF4  # the same relative SE in each of the 8 cells
     half = Z_975 * math.sqrt(8 * se_log**2)
