@@ -313,6 +313,37 @@ def test_wide_ci_flag_is_width_over_20_percent_of_the_mean() -> None:
     assert not ci_too_wide(10.0, 9.1, 10.9)  # width 1.8
     assert not ci_too_wide(10.0, None, None)
     assert ci_too_wide(0.0, 0.0, 0.5)
+    assert ci_too_wide(0.0, 0.0, 0.0)  # no success in the window: [0, 0] bounds nothing
+
+
+def test_the_precision_note_names_every_cell_that_missed_the_target(tmp_path: Path) -> None:
+    folder = make_results(tmp_path / "run")
+    run = json.loads((folder / "run.json").read_text())
+    run["profile"] = {**PROFILE, "precision": 0.05}
+    (folder / "run.json").write_text(json.dumps(run))
+    zero = cell_id("async_uvicorn", "cpu", 0)
+    wide = cell_id("async_unlimited", "cpu", 100)
+    narrow = cell_id("sync_gunicorn", "cpu", 0)  # 5% of the mean, held to the maximum
+    for path in (folder / "cells").glob("*/cell.json"):
+        data = json.loads(path.read_text())
+        if data["status"] != "ok":
+            continue
+        metrics = data["metrics"]
+        low, high = metrics["steady_srps_ci95"]
+        metrics["steady_half_width_pct"] = 100 * (high - low) / 2 / metrics["steady_srps"]
+        data["stopped_by"] = "max_hold" if data["cell_id"] in (zero, wide, narrow) \
+            else "precision"
+        if data["cell_id"] == zero:  # the harness writes Infinity for a window of no success
+            metrics.update(steady_srps=0.0, steady_srps_ci95=[0.0, 0.0],
+                           steady_half_width_pct=math.inf)
+        path.write_text(json.dumps(data))
+    build_report(folder)
+    md = (folder / "report.md").read_text()
+    note = next(line for line in md.splitlines() if "reached the precision target" in line)
+    assert note.startswith("- 7 of 10 cells reached the precision target"), note
+    missed = note.split("missed the target: ")[1].split(", ")
+    assert sorted(missed) == sorted([zero, wide]), note
+    assert "| 0 | 10.0 ± 0.5 | 0.00 ± 0.00 † |" in md  # the zero cell is flagged
 
 
 def test_interaction_equals_hand_computation_with_delta_method_interval() -> None:

@@ -187,7 +187,8 @@ class Builder:
         if finished and precision:
             holds = sorted(c.metric("hold_s") or 0 for c in finished)
             missed = [c.cell_id for c in finished if c.stopped_by != "precision"
-                      and (c.metric("steady_half_width_pct") or 0) > 100 * precision]
+                      and "steady_half_width_pct" in c.metrics
+                      and _missed(c.metric("steady_half_width_pct"), 100 * precision)]
             notes.append(f"{len(by_precision)} of {len(finished)} cells reached the precision "
                          f"target (95% CI half-width <= {precision:.0%}) and stopped; the "
                          f"others held to the profile's maximum (median hold "
@@ -308,3 +309,9 @@ class Builder:
 
 def build_content(run: Run, figures_dir: Path) -> Report:
     return Builder(run, figures_dir).build()
+
+
+def _missed(half_width_pct: float | None, target_pct: float) -> bool:
+    """Whether a cell's half-width misses the target; one that is not a finite number (a
+    window without one success) misses it too."""
+    return half_width_pct is None or half_width_pct > target_pct
