@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.paths import load_dir
-from bench.processes import stop_process
+from bench.processes import die_with_parent, stop_process
 from bench.requestlog import HEADER as RESPONSES_HEADER
 from bench.requestlog import read_request_log
 from bench.results import write_csv_atomic
@@ -208,7 +208,7 @@ class LocustRun:
         log = (self.work_dir / "locust.log").open("wb")
         self._proc = subprocess.Popen(self.command(), env=self.environment(), stdout=log,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=die_with_parent)
         log.close()
         if self.cpu_affinity:
             # Set before Locust has imported anything, so forked workers inherit it.

@@ -9,12 +9,42 @@ outlives a cell.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
 from typing import Any
 
 import psutil
+
+
+def die_with_parent() -> None:
+    """In a child, before exec (a preexec_fn): SIGTERM it when the harness dies, even by
+    SIGKILL, so a killed harness leaves no server, Locust or proxy running (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing). Call it in children started from the main
+    thread: the signal follows the thread that forked."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_to_end(command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """subprocess.run for a `bench run` started by a script under benchmarks/, except on
+    Ctrl-C: subprocess.run SIGKILLs its child 0.25 s after the interrupt, before the
+    harness has stopped its servers and PostgreSQL, which were left running. Here the
+    child runs in a session of its own (a terminal's Ctrl-C reaches this script only, so
+    the child gets one SIGINT, not a second one in the middle of its cleanup), gets SIGINT
+    from here, and is waited for; then the interrupt goes on."""
+    with subprocess.Popen(command, text=True, start_new_session=True, **kwargs) as proc:
+        try:
+            out, err = proc.communicate()
+        except KeyboardInterrupt:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            proc.wait()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

@@ -12,7 +12,7 @@ from typing import IO
 import psutil
 
 from bench.net import is_listening
-from bench.processes import process_tree, stop_process
+from bench.processes import die_with_parent, process_tree, stop_process
 from bench.variants import Variant
 
 
@@ -72,6 +72,7 @@ class ServerProcess:
         cpus = self.cpu_affinity
 
         def _pin_self() -> None:
+            die_with_parent()
             # Before exec, so the workers a server forks at boot inherit the pinning.
             if cpus:
                 os.sched_setaffinity(0, cpus)

@@ -14,7 +14,6 @@ repeat's steady sRPS, half-width, hold and why it stopped.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.processes import run_to_end  # noqa: E402
 from bench.report.data import load_run  # noqa: E402
 from bench.report.stats import CALIBRATION_Z, calibration_sentence, repeat_pairs  # noqa: E402
 
@@ -35,7 +35,7 @@ def run_cells(out: Path, profile: str, repeats: int, backend: str) -> float:
            "--latency-backend", backend, "--out", str(out)]
     print("$", " ".join(cmd), flush=True)
     t0 = time.monotonic()
-    subprocess.run(cmd, cwd=REPO, check=False)
+    run_to_end(cmd, cwd=REPO)  # Ctrl-C: the run stops its servers before this exits
     return time.monotonic() - t0
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 import psutil
 
 from bench.latency.proxy import ProxyProcess
+from bench.processes import run_to_end
 
 RTT_TARGET_MS = 0.5
 ACCURACY_TARGET = 0.05
@@ -170,7 +171,8 @@ def cell_srps(backend: str, variant: str, route: str, profile: str, out: Path) -
     command = [sys.executable, "-m", "bench", "run", "--variants", variant, "--routes", route,
                "--latencies", "0", "--profile", profile, "--latency-backend", backend,
                "--out", str(out), "--no-report"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # Ctrl-C: the run stops its servers and PostgreSQL before this exits.
+    done = run_to_end(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     cells = sorted(out.glob("cells/*/cell.json"))
     if not cells:
         raise SystemExit(f"{' '.join(command)} wrote no cell.json (exit {done.returncode}):\n"

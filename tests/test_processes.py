@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import psutil
 
 from bench.processes import stop_process
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Prints the pid of a child it forks, then waits; the child ignores SIGTERM.
 PARENT_WITH_STUBBORN_CHILD = """
@@ -110,3 +113,64 @@ def test_a_group_member_forked_during_the_stop_is_killed_with_the_group(
     proc, _ = spawn(code)
     assert stop_process(proc, 5) == 0
     assert gone(int(pid_file.read_text()))
+
+
+# A harness that starts a server (here `sleep 60`) as the runner does, prints its pid,
+# then waits to be killed.
+HARNESS_WITH_SERVER = """
+import os, sys, time
+from pathlib import Path
+from bench.server import ServerProcess
+server = ServerProcess(["sleep", "60"], dict(os.environ), Path(sys.argv[1]))
+server.start()
+print(server.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_server_dies_with_a_harness_killed_by_sigkill(tmp_path: Path) -> None:
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS_WITH_SERVER,
+                                str(tmp_path / "server.log")], stdout=subprocess.PIPE,
+                               text=True, cwd=ROOT)
+    assert harness.stdout is not None
+    server = int(harness.stdout.readline())
+    try:
+        assert not gone(server)  # it runs while the harness does
+        harness.kill()  # no cleanup of its own: only the kernel's parent-death signal
+        harness.wait()
+        assert gone(server)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(server).kill()
+
+
+# A script under benchmarks/ running a `bench run`: the child takes a second to clean up
+# after SIGINT and says so in a file; the script is interrupted alone (not its child).
+SCRIPT_RUNNING_A_CHILD = """
+import sys
+from bench.processes import run_to_end
+child = ("import signal, sys, time\\n"
+         "def stop(*_):\\n"
+         "    time.sleep(1)\\n"
+         "    open(sys.argv[1], 'w').write('cleaned up')\\n"
+         "    sys.exit(130)\\n"
+         "signal.signal(signal.SIGINT, stop)\\n"
+         "print('ready', flush=True)\\n"
+         "time.sleep(60)\\n")
+try:
+    run_to_end([sys.executable, "-c", child, sys.argv[1]])
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_run_to_end_lets_the_run_clean_up_after_ctrl_c(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    script = subprocess.Popen([sys.executable, "-c", SCRIPT_RUNNING_A_CHILD, str(marker)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert script.stdout is not None
+    assert script.stdout.readline().strip() == "ready"
+    script.send_signal(signal.SIGINT)
+    assert script.wait(timeout=30) == 130
+    # subprocess.run would have SIGKILLed the child 0.25 s after the interrupt.
+    assert marker.read_text() == "cleaned up"

@@ -13,10 +13,8 @@ listens on, stopping it. What the proxy does not model is in delay_proxy.py's do
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import selectors
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from bench.latency.base import LatencyError, LatencySession
-from bench.processes import stop_process
+from bench.processes import die_with_parent, stop_process
 
 PROGRAM = "bench.latency.delay_proxy"
 # Measured against netem inside User-Mode Linux (benchmarks/latency_fidelity.py; the
@@ -59,13 +57,6 @@ def realtime_permitted() -> bool:
             return True
     soft, _ = resource.getrlimit(resource.RLIMIT_RTPRIO)
     return soft == resource.RLIM_INFINITY or soft >= REALTIME_PRIORITY
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this process when the harness dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
@@ -105,7 +96,7 @@ class ProxyProcess:
         cpus = self.cpus
 
         def _child_setup() -> None:
-            _die_with_parent()
+            die_with_parent()
             if cpus:
                 os.sched_setaffinity(0, cpus)
 
