@@ -97,6 +97,10 @@ class CellRecord:
     order: int | None = None  # position in the run's (shuffled) order
     stopped_by: str | None = None  # precision | max_hold | None (did not finish)
     precision: float | None = None
+    # The run's CPU loop (bench/machine.py), timed on the server's core just before this
+    # cell: median ms of CELL_CALIBRATION_TIMES. The machine's speed drifts over minutes;
+    # this shows by how much between cells (None: an external --target, or older records).
+    machine_loop_ms: float | None = None
     verification_ms: dict[str, float] = field(default_factory=dict)
     metrics: CellMetrics = field(default_factory=lambda: CellMetrics())
     phases_s: dict[str, float] = field(default_factory=dict)

@@ -50,7 +50,7 @@ from bench.load import (
     Profile,
     load_profile,
 )
-from bench.machine import STUDY_CPU_LOOP, Calibration, calibrate
+from bench.machine import CELL_CALIBRATION_TIMES, STUDY_CPU_LOOP, Calibration, calibrate
 from bench.metrics import cell_metrics
 from bench.paths import results_dir
 from bench.pgbouncer import PgBouncer, PgBouncerError, find_binary, program_version
@@ -604,6 +604,9 @@ class Runner:
             precision=self.profile.precision)
         load_s = 0.0
         try:
+            if not self.config.target:
+                record.machine_loop_ms = calibrate(self.place["server_cpus"],
+                                                   times=CELL_CALIBRATION_TIMES).median_ms
             load_s = self._measure(cell, cell_dir, record)
             record.status = "ok" if record.reason is None else "failed"
         except Interrupted:

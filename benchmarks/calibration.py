@@ -8,7 +8,8 @@ Runs {sync_gunicorn, async_unlimited} x io_create/ x {0, 100 ms} with --repeats 
 repeats prints z = |difference| / sqrt(se_a^2 + se_b^2), from each repeat's own 95%
 interval (bench/report/stats.py repeat_pairs, as the report's calibration line). For
 honest intervals z is |N(0, 1)|: above 2.5 about 1% of the time. Also prints each
-repeat's steady sRPS, half-width, hold and why it stopped.
+repeat's steady sRPS, half-width, hold, why it stopped, and the machine's CPU loop timed
+just before it (cell.json machine_loop_ms), with its change between the repeats of a pair.
 """
 
 from __future__ import annotations
@@ -46,20 +47,23 @@ def report(folder: Path) -> int:
           f"{(run.info.get('machine_calibration') or {}).get('median_ms')} ms "
           f"± {100 * ((run.info.get('machine_calibration') or {}).get('cv') or 0):.1f}%)")
     print(f"{'cell':<40} {'order':>5} {'steady sRPS':>12} {'±%':>6} {'warm-up s':>9} "
-          f"{'window s':>8} {'stopped by':>10}  status")
+          f"{'window s':>8} {'loop ms':>7} {'stopped by':>10}  status")
     for cell in sorted(run.cells, key=lambda c: (c.column, c.latency_ms, c.repeat)):
         m = cell.metrics
         print(f"{cell.cell_id:<40} {cell.order or 0:>5} {m.get('steady_srps', 0):>12.2f} "
               f"{m.get('steady_half_width_pct') or 0:>6.1f} {m.get('warmup_s', 0):>9.2f} "
-              f"{m.get('window_s', 0):>8.2f} {cell.stopped_by or '-':>10}  {cell.status}"
+              f"{m.get('window_s', 0):>8.2f} {cell.machine_loop_ms or 0:>7.1f} "
+              f"{cell.stopped_by or '-':>10}  {cell.status}"
               f"{' UNSTEADY' if m.get('unsteady') else ''}"
               f"{' (' + cell.reason.splitlines()[0] + ')' if cell.reason else ''}")
     pairs = repeat_pairs(run.cells)
-    print(f"\n{'cell':<32} {'repeats':>8} {'values':>20} {'z':>6}")
+    print(f"\n{'cell':<32} {'repeats':>8} {'values':>20} {'z':>6} {'loop change':>11}")
     for pair in pairs:
         values = f"{pair.values[0]:.2f} / {pair.values[1]:.2f}"
+        change = pair.machine_change
         print(f"{pair.column + ' ' + str(pair.latency_ms) + ' ms':<32} "
-              f"{pair.repeats[0]} vs {pair.repeats[1]:<3} {values:>20} {pair.z:>6.2f}")
+              f"{pair.repeats[0]} vs {pair.repeats[1]:<3} {values:>20} {pair.z:>6.2f} "
+              f"{'-' if change is None else f'{100 * change:.1f}%':>11}")
     within = sum(p.z <= CALIBRATION_Z for p in pairs)
     print(f"\n{within} of {len(pairs)} pairs within z <= {CALIBRATION_Z}")
     sentence = calibration_sentence(pairs)

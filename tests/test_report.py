@@ -17,8 +17,10 @@ from bench.report import ReportError, build_report
 from bench.report.data import CellRecord
 from bench.report.stats import (
     Estimate,
+    calibration_sentence,
     ci_too_wide,
     interaction,
+    repeat_pairs,
     steady_estimate,
     t_interval,
 )
@@ -283,6 +285,29 @@ def ok_cell(steady: float, ci: list[float] | None = None, repeat: int = 1) -> Ce
     return CellRecord(cell_id=f"c__io_read__0ms__r{repeat}", column="c", variant="c",
                       route="io_read", latency_ms=0, repeat=repeat, status="ok",
                       metrics={"steady_srps": steady, "steady_srps_ci95": ci})
+
+
+def test_repeat_pairs_and_the_calibration_line_with_the_machines_drift() -> None:
+    # Intervals of +-2 from 5 batches (df 4): se = 2 / t(4) in each cell.
+    cells = [ok_cell(v, [v - 2, v + 2], repeat=r) for r, v in ((1, 100.0), (2, 101.0),
+                                                                (3, 80.0))]
+    se = 2 / T_975_DF4
+    pairs = repeat_pairs(cells)
+    assert [(p.repeats, p.z) for p in pairs] == [
+        ((1, 2), pytest.approx(1 / math.hypot(se, se))),
+        ((1, 3), pytest.approx(20 / math.hypot(se, se))),
+        ((2, 3), pytest.approx(21 / math.hypot(se, se)))]
+    line = calibration_sentence(pairs)
+    assert line is not None and line.startswith(
+        "Calibration: of 3 pairs of repeats of the same cell, 2 landed more than 2.5 "
+        "combined standard errors apart") and "understate" in line
+    assert "CPU loop" not in line  # no machine_loop_ms in these records
+    # The CPU loop before each cell: 80, 88 and 100 ms. Changes 10%, 25%, 13.6%.
+    for cell, loop in zip(cells, (80.0, 88.0, 100.0), strict=True):
+        cell.machine_loop_ms = loop
+    line = calibration_sentence(repeat_pairs(cells)) or ""
+    assert ("differed between the two repeats by a median of 14% (19% in the pairs beyond "
+            "2.5), up to 25%") in line, line
 
 
 def test_ci_from_repeats_is_student_t_on_the_repeats() -> None:

@@ -237,6 +237,9 @@ def test_a_cell_stops_once_its_interval_is_precise_enough(tmp_path: Path) -> Non
     metrics = record["metrics"]
     assert record["status"] == "ok" and record["stopped_by"] == "precision", record
     assert record["precision"] == 0.5
+    # The CPU loop timed before the cell, on the scale of the run's own calibration.
+    run_loop = json.loads((out / "run.json").read_text())["machine_calibration"]["median_ms"]
+    assert 0.5 * run_loop < record["machine_loop_ms"] < 2 * run_loop, record
     assert metrics["window_s"] >= 15 and metrics["hold_s"] < 60, metrics
     assert metrics["steady_half_width_pct"] <= 50
     run = json.loads((out / "run.json").read_text())

@@ -185,6 +185,14 @@ class RepeatPair:
     repeats: tuple[int, int]
     values: tuple[float, float]
     z: float
+    # The CPU loop timed before each of the two cells (cell.json machine_loop_ms).
+    loop_ms: tuple[float | None, float | None] = (None, None)
+
+    @property
+    def machine_change(self) -> float | None:
+        """How much the machine's CPU loop changed between the two cells: |b/a - 1|."""
+        a, b = self.loop_ms
+        return abs(b / a - 1) if a and b else None
 
 
 CALIBRATION_Z = 2.5
@@ -217,7 +225,7 @@ def repeat_pairs(cells: list[CellRecord]) -> list[RepeatPair]:
                 se = math.hypot(sa, sb)
                 z = abs(va - vb) / se if se > 0 else (0.0 if va == vb else math.inf)
                 pairs.append(RepeatPair(column, route, latency, (a.repeat, b.repeat),
-                                        (va, vb), z))
+                                        (va, vb), z, (a.machine_loop_ms, b.machine_loop_ms)))
     return pairs
 
 
@@ -232,6 +240,17 @@ def calibration_sentence(pairs: list[RepeatPair]) -> str | None:
                if len(beyond) <= max(1, round(0.05 * len(pairs))) and median_z < 1.2 else
                "the within-cell intervals understate the repeat-to-repeat spread: trust the "
                "intervals across repeats, not a single cell's")
-    return (f"Calibration: of {len(pairs)} pairs of repeats of the same cell, {len(beyond)} "
-            f"landed more than {CALIBRATION_Z} combined standard errors apart (median z "
-            f"{median_z:.2f}; for honest intervals about 1% and 0.67): {verdict}.")
+    sentence = (f"Calibration: of {len(pairs)} pairs of repeats of the same cell, "
+                f"{len(beyond)} landed more than {CALIBRATION_Z} combined standard errors "
+                f"apart (median z {median_z:.2f}; for honest intervals about 1% and 0.67): "
+                f"{verdict}.")
+    changes = [p.machine_change for p in pairs if p.machine_change is not None]
+    if changes:
+        apart = [c for p in beyond if (c := p.machine_change) is not None]
+        sentence += (f" The machine's CPU loop, timed before each cell, differed between "
+                     f"the two repeats by a median of {100 * statistics.median(changes):.0f}%"
+                     + (f" ({100 * statistics.median(apart):.0f}% in the pairs beyond "
+                        f"{CALIBRATION_Z})" if apart else "")
+                     + f", up to {100 * max(changes):.0f}%: a machine whose speed drifts "
+                     "moves the repeats apart by more than any one cell can see.")
+    return sentence
