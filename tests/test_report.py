@@ -302,6 +302,11 @@ def test_repeat_pairs_and_the_calibration_line_with_the_machines_drift() -> None
         "Calibration: of 3 pairs of repeats of the same cell, 2 landed more than 2.5 "
         "combined standard errors apart") and "understate" in line
     assert "CPU loop" not in line  # no machine_loop_ms in these records
+    close = [ok_cell(v, [v - 2, v + 2], repeat=r) for r, v in ((1, 100.0), (2, 101.0))]
+    for cell, loop in zip(close, (80.0, 88.0), strict=True):
+        cell.machine_loop_ms = loop
+    assert (calibration_sentence(repeat_pairs(close)) or "").endswith(
+        "differed between the two repeats by a median of 10%, up to 10%.")
     # The CPU loop before each cell: 80, 88 and 100 ms. Changes 10%, 25%, 13.6%.
     for cell, loop in zip(cells, (80.0, 88.0, 100.0), strict=True):
         cell.machine_loop_ms = loop

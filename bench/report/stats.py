@@ -251,6 +251,7 @@ def calibration_sentence(pairs: list[RepeatPair]) -> str | None:
                      f"the two repeats by a median of {100 * statistics.median(changes):.0f}%"
                      + (f" ({100 * statistics.median(apart):.0f}% in the pairs beyond "
                         f"{CALIBRATION_Z})" if apart else "")
-                     + f", up to {100 * max(changes):.0f}%: a machine whose speed drifts "
-                     "moves the repeats apart by more than any one cell can see.")
+                     + f", up to {100 * max(changes):.0f}%"
+                     + (": a machine whose speed drifts moves the repeats apart by more "
+                        "than any one cell can see." if apart else "."))
     return sentence
