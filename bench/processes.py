@@ -13,7 +13,7 @@ import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
@@ -27,6 +27,16 @@ def die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def child_setup(cpus: list[int] | None) -> Callable[[], None]:
+    """A preexec_fn for a harness child: die_with_parent, then pinned to `cpus` (if any)
+    before exec, so whatever it forks at start inherits the pinning."""
+    def setup() -> None:
+        die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+    return setup
 
 
 def run_to_end(command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:

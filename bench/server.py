@@ -12,7 +12,7 @@ from typing import IO
 import psutil
 
 from bench.net import is_listening
-from bench.processes import die_with_parent, process_tree, stop_process
+from bench.processes import child_setup, process_tree, stop_process
 from bench.variants import Variant
 
 
@@ -69,17 +69,11 @@ class ServerProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        cpus = self.cpu_affinity
-
-        def _pin_self() -> None:
-            die_with_parent()
-            # Before exec, so the workers a server forks at boot inherit the pinning.
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-
+        # Pinned before exec, so the workers a server forks at boot inherit the pinning.
         self._proc = subprocess.Popen(
             self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pin_self,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=child_setup(self.cpu_affinity),
         )
 
     def exit_code(self) -> int | None:

@@ -13,7 +13,6 @@ listens on, stopping it. What the proxy does not model is in delay_proxy.py's do
 from __future__ import annotations
 
 import contextlib
-import os
 import selectors
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from bench.latency.base import LatencyError, LatencySession
-from bench.processes import die_with_parent, stop_process
+from bench.processes import child_setup, stop_process
 
 PROGRAM = "bench.latency.delay_proxy"
 # Measured against netem inside User-Mode Linux (benchmarks/latency_fidelity.py; the
@@ -93,20 +92,13 @@ class ProxyProcess:
                 "--realtime-priority", str(REALTIME_PRIORITY)]
 
     def start(self) -> tuple[str, int]:
-        cpus = self.cpus
-
-        def _child_setup() -> None:
-            die_with_parent()
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-
         # stderr to a file, never a pipe nobody reads: asyncio's warnings about reset
         # connections would fill a pipe and block the proxy mid-run.
         self.errors = tempfile.TemporaryFile()  # closed in stop()
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
                                      stderr=self.errors, stdin=subprocess.DEVNULL,
                                      text=True, start_new_session=True,
-                                     preexec_fn=_child_setup)
+                                     preexec_fn=child_setup(self.cpus))
         line = _read_line(self.proc, READY_TIMEOUT_S)
         if not line.startswith("listening "):
             self.errors.seek(0)
