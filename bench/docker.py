@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.latency.netem import netem_qdisc_command
+from bench.latency.proxy import proxy_at_zero
 from bench.paths import repo_root
 from bench.pgbouncer import PgBouncer
 from bench.postgres import DB_USER, cache_root, stored_secret
@@ -446,8 +447,15 @@ class DockerRunner(Runner):
         server_env.parent.mkdir(parents=True, exist_ok=True)
         app = cell.variant.app_env()
         server_env.write_text("".join(f"{k}={app[k]}\n" for k in ("DB_POOL", "DB_CONN_MAX_AGE")))
-        front = ("latency", PROXY_PORT) if self.backend == "proxy" else ("server", SERVER_PORT)
+        front = ("latency", self.front_port(cell)) if self.backend == "proxy" \
+            else ("server", SERVER_PORT)
+        # At 0 ms the proxies stay out of the path (bench/latency/proxy.py): the server,
+        # still in the sidecar's network namespace, dials db directly.
+        direct_db = ({"BENCH_PROXY_DB_HOST": "db", "BENCH_PROXY_DB_PORT": "5432"}
+                     if self.backend == "proxy" and self.front_port(cell) == SERVER_PORT
+                     else {})
         return {
+            **direct_db,
             **self.base_env(),
             "BENCH_VARIANT": cell.variant.name,
             "BENCH_PG_MAX_CONNECTIONS": str(cell.variant.max_connections),
@@ -468,6 +476,11 @@ class DockerRunner(Runner):
             "BENCH_GID": str(os.getgid()),
         }
 
+    def front_port(self, cell: Cell) -> int:
+        """The port clients dial on the latency sidecar: its proxy, or at 0 ms the server
+        itself (the sidecar owns the server's network namespace)."""
+        return PROXY_PORT if cell.latency_ms > 0 or proxy_at_zero() else SERVER_PORT
+
     def open_deployment(self, cell: Cell, cell_dir: Path, stack: contextlib.ExitStack,
                         phases: _Phases) -> Deployment:
         """db, the latency sidecar (proxy) and the server as containers, listening; the
@@ -485,7 +498,7 @@ class DockerRunner(Runner):
             engine.run(["exec", server, *netem_command(cell.latency_ms)], 60)
         phases.mark("latency")
         host = container_ip(engine, front or server)
-        port = PROXY_PORT if front else SERVER_PORT
+        port = self.front_port(cell) if front else SERVER_PORT
         _wait_for("server container", lambda: is_listening(host, port, 1.0),
                   lambda: bool(container_state(engine, server).get("Running")),
                   SERVER_READY_TIMEOUT_S, lambda: _tail(container_logs(engine, server)))

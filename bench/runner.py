@@ -258,15 +258,17 @@ def caveats(backend: str, backend_reason: str, place: dict[str, list[int]],
     if backend == "proxy":
         from bench.latency import proxy
 
-        note = ("latency by TCP proxy, not netem: TCP handshakes are not delayed (the "
-                "server's SYN to PostgreSQL, its SYN-ACK to clients), so a new connection "
-                f"costs one L less than under netem ({backend_reason})")
+        at_zero = ("the proxies stay in the path at 0 ms too (BENCH_PROXY_AT_ZERO=1)"
+                   if proxy.proxy_at_zero() else "0 ms cells dial directly, as netem's 0 ms "
+                   "adds nothing")
+        note = ("latency by TCP proxy, not netem: the TCP handshake a proxy cannot delay is "
+                "charged to each connection's first message (a client-first protocol, as HTTP "
+                f"and PostgreSQL are, sees netem's cost); {at_zero} ({backend_reason})")
         fidelity = getattr(proxy, "FIDELITY_NOTE", "")
         notes.append(f"{note}; {fidelity}" if fidelity else note)
         if not proxy.realtime_permitted():
             notes.append("the latency proxies could not run as real-time tasks (not root): "
-                         "each message waits for a busy core, which cost a cell that opens a "
-                         "PostgreSQL connection per request up to 21% of its sRPS at 0 ms")
+                         "at L > 0 each message may also wait for a busy core, on top of L")
     if config.repeats == 1:
         notes.append("one repeat per cell: confidence intervals are batch means within a cell")
     if config.target:

@@ -23,6 +23,8 @@ loop beside PostgreSQL on its core, standing in for Locust.
 0 ms, which opens a PostgreSQL connection per request) through `python -m bench run`,
 with `--latency-backend proxy` and `--latency-backend none`, interleaved (the order flips
 every repeat, so a drift of the machine does not favour one side), `--profile quick`.
+A run leaves the proxies out at 0 ms (bench/latency/proxy.py says why); here they are
+kept in (BENCH_PROXY_AT_ZERO=1), since their hop is what this measures.
 Prints each repeat's steady sRPS and the ratio proxy / none, and whether the two are within
 5% (the 95% interval of the ratio inside 0.95..1.05), apart, or too noisy to tell.
 """
@@ -45,7 +47,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.latency.proxy import ProxyProcess
+from bench.latency.proxy import AT_ZERO_ENV, ProxyProcess
 from bench.processes import run_to_end
 
 RTT_TARGET_MS = 0.5
@@ -167,12 +169,14 @@ def postgres_connections(count: int, proxy_cpus: list[int]) -> int:
 
 
 def cell_srps(backend: str, variant: str, route: str, profile: str, out: Path) -> float:
-    """Steady sRPS of one `bench run` cell at 0 ms with this latency backend."""
+    """Steady sRPS of one `bench run` cell at 0 ms with this latency backend (the proxy's
+    hop kept in the path)."""
     command = [sys.executable, "-m", "bench", "run", "--variants", variant, "--routes", route,
                "--latencies", "0", "--profile", profile, "--latency-backend", backend,
                "--out", str(out), "--no-report"]
+    env = {**os.environ, AT_ZERO_ENV: "1"}
     # Ctrl-C: the run stops its servers and PostgreSQL before this exits.
-    done = run_to_end(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done = run_to_end(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     cells = sorted(out.glob("cells/*/cell.json"))
     if not cells:
         raise SystemExit(f"{' '.join(command)} wrote no cell.json (exit {done.returncode}):\n"

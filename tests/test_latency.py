@@ -23,7 +23,7 @@ from bench.latency import LatencyError, open_latency, resolve_backend
 from bench.latency import auto as latency_auto
 from bench.latency.delay_proxy import EVENT_LOOP, DelayedWriter, delays
 from bench.latency.netem import NETEM_LIMIT, NetemSession, Topology, netem_qdisc_command
-from bench.latency.proxy import ProxyProcess, ProxySession, realtime_permitted
+from bench.latency.proxy import AT_ZERO_ENV, ProxyProcess, ProxySession, realtime_permitted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,6 +101,49 @@ def test_proxy_adds_its_delay_once_per_round_trip(echo: EchoServer, direction: s
     added = 80  # one way delayed by 80, or both ways by 40
     assert added <= statistics.median(times) < added * 1.10, times
     assert min(times) >= added * 0.98, times
+
+
+@pytest.mark.alone
+@pytest.mark.parametrize(("direction", "delay_ms"), [("upstream", 80), ("downstream", 80),
+                                                     ("both", 40)])
+def test_a_new_connection_pays_the_handshake_netem_would_delay(
+        echo: EchoServer, direction: str, delay_ms: int) -> None:
+    """Under netem a connect() costs d_up + d_down and each round trip after it d_up +
+    d_down (80 ms here, whatever the direction): the proxy cannot delay the handshake, so
+    the first message is held instead, and connect + first round trip takes 160 ms."""
+    proxy = ProxyProcess(("127.0.0.1", echo.port), delay_ms, direction)
+    host, port = proxy.start()
+    try:
+        t0 = time.perf_counter()
+        with socket.create_connection((host, port), timeout=5) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sendall(b"first")
+            assert conn.recv(16) == b"first"
+            first_ms = (time.perf_counter() - t0) * 1000
+            t1 = time.perf_counter()
+            conn.sendall(b"second")
+            assert conn.recv(16) == b"second"
+            second_ms = (time.perf_counter() - t1) * 1000
+    finally:
+        proxy.stop()
+    assert 160 * 0.98 <= first_ms < 160 * 1.15, first_ms
+    assert 80 * 0.98 <= second_ms < 80 * 1.15, second_ms
+
+
+def test_the_proxy_session_leaves_the_path_direct_at_zero(echo: EchoServer,
+                                                          monkeypatch) -> None:
+    """At 0 ms a run dials PostgreSQL and the server directly and starts no process;
+    BENCH_PROXY_AT_ZERO=1 puts the proxies back (to measure their hop)."""
+    monkeypatch.delenv(AT_ZERO_ENV, raising=False)
+    with ProxySession(0) as session:
+        assert session.db_endpoint("127.0.0.1", echo.port) == ("127.0.0.1", echo.port)
+        assert session.client_endpoint(echo.port) == (session.server_bind_host, echo.port)
+        assert session.pids() == [] and not session.proxied
+    monkeypatch.setenv(AT_ZERO_ENV, "1")
+    with ProxySession(0) as session:
+        host, port = session.db_endpoint("127.0.0.1", echo.port)
+        assert port != echo.port and len(session.pids()) == 1 and session.proxied
+        assert statistics.median(round_trips_ms(host, port, 5)) < 5
 
 
 @pytest.mark.alone
@@ -195,6 +238,41 @@ def test_delayed_writer_releases_in_arrival_order() -> None:
     for (at, _), start in zip(sink.out, starts, strict=True):
         assert at - start >= 0.05
     assert sink.eof and closed
+
+
+@pytest.mark.alone
+def test_delayed_writer_holds_everything_until_not_before() -> None:
+    """The emulated handshake: with no delay of its own, a writer whose `not_before` lies
+    ahead releases nothing before it, then everything at once, in order; later chunks go
+    straight through."""
+    out: list[tuple[float, bytes]] = []
+
+    class Sink(asyncio.Transport):
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            out.append((loop.time(), bytes(data)))
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def scenario() -> float:
+        not_before = loop.time() + 0.06
+        writer = DelayedWriter(loop, 0.0, lambda: None, not_before=not_before)
+        writer.attach(Sink())
+        writer.push(b"a")
+        await asyncio.sleep(0.02)
+        writer.push(b"b")
+        await asyncio.sleep(0.08)
+        writer.push(b"c")
+        return not_before
+
+    loop = asyncio.new_event_loop()
+    try:
+        not_before = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert [data for _, data in out] == [b"a", b"b", b"c"]
+    assert all(at >= not_before for at, _ in out)
+    assert out[2][0] - out[1][0] >= 0.015  # "c" was written when it came, not queued
 
 
 def test_delays_by_direction() -> None:

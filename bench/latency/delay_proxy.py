@@ -5,11 +5,17 @@ closed connection (FIN) is passed on L ms late as well. bench/latency/proxy.py s
 of these per cell (the harness side: ProxySession, ProxyProcess); Docker mode runs them
 in a sidecar (docker/compose.proxy.yaml). This module imports nothing from the harness.
 
-What it does not model, compared with netem on the server's interface: the TCP handshake
-is not delayed (the proxy accepts at once), so a new connection costs one L less (the
-server's SYN to PostgreSQL and its SYN-ACK to a client are not late). Its own cost is
-measured by benchmarks/proxy_overhead.py (round trip, throughput, and a real cell through
-the proxy vs without it).
+The TCP handshake, which the proxy cannot delay (the kernel completes it before accept()),
+is charged to the connection's first message instead: under netem on the server's interface
+a client's connect() takes d_up + d_down (its SYN is late by d_up, the SYN-ACK by d_down) and
+its first message then d_up more, so the proxy holds what a client sends first until
+2 d_up + d_down after it accepted the connection (d_up: the delay of what the client sends,
+d_down: of what it is sent). For the server's PostgreSQL connections (downstream) that is
+2L, for a client's connection to the server (upstream) L: what netem costs a new connection.
+What it still does not model: connect() itself returns at once, so a protocol in which the
+server speaks first would see its greeting early (HTTP and PostgreSQL clients speak first).
+Its own cost is measured by benchmarks/proxy_overhead.py (round trip, throughput, and a real
+cell through the proxy vs without it).
 
     python -m bench.latency.delay_proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:5432 \
         --delay-ms 100 --delay-direction downstream
@@ -21,9 +27,10 @@ until SIGTERM.
 Written here rather than taken from a library: Toxiproxy is a Go binary (nothing to
 install from PyPI), and the few Python proxies on PyPI have no per-chunk delay.
 
-Why uvloop: at L = 0 the proxy stands in every cell, on the core PostgreSQL and Locust
-share, and every message of every PostgreSQL connection wakes it up for a read and a write;
-uvloop runs the loop in C (libuv), so each message costs less CPU on that shared core.
+Why uvloop: every message of every PostgreSQL connection wakes the proxy up for a read and
+a write, on a core the server, PostgreSQL or Locust also needs; uvloop runs the loop in C
+(libuv), so each message costs less CPU there. (At 0 ms a run leaves the proxies out of the
+path altogether: bench/latency/proxy.py.)
 asyncio is the fallback where uvloop cannot be imported (it has no Windows build, for one).
 
 Why --realtime-priority (SCHED_FIFO): netem delays packets inside the kernel, in softirq
@@ -31,11 +38,12 @@ context, ahead of every process; a proxy is a process, and on a shared core each
 waited its turn behind the server, PostgreSQL or Locust. A cell that opens a PostgreSQL
 connection per request sends about sixteen messages per request through the proxies, and
 that wait cost sync_gunicorn io_create/ 0 ms 21% of its steady sRPS against no proxy
-(benchmarks/proxy_overhead.py --end-to-end). As a real-time task the proxy runs the moment
-a message arrives, like the kernel's network stack; it sleeps between messages, and the
-kernel's real-time throttling (sched_rt_runtime_us, 95% by default) keeps it from locking
-a core. Where the policy is not permitted (not root, no CAP_SYS_NICE) it stays on the
-normal scheduler and says so in its ready line.
+(benchmarks/proxy_overhead.py --end-to-end, which keeps the proxies in at 0 ms). As a
+real-time task the proxy runs the moment a message arrives, like the kernel's network
+stack; it sleeps between messages, and the kernel's real-time throttling
+(sched_rt_runtime_us, 95% by default) keeps it from locking a core. Where the policy is
+not permitted (not root, no CAP_SYS_NICE) it stays on the normal scheduler and says so in
+its ready line.
 """
 
 from __future__ import annotations
@@ -72,10 +80,12 @@ class DelayedWriter:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, delay_s: float,
-                 on_close: Callable[[], None]) -> None:
+                 on_close: Callable[[], None], not_before: float = 0.0) -> None:
         self.loop = loop
         self.delay_s = delay_s
         self.on_close = on_close
+        #: Loop time before which nothing is released (the emulated handshake, see above).
+        self.not_before = not_before
         self.transport: asyncio.Transport | None = None
         self.queue: collections.deque[tuple[float, bytes | None]] = collections.deque()
         self.pending: list[bytes | None] = []  # arrived before the transport was connected
@@ -91,10 +101,12 @@ class DelayedWriter:
         if self.transport is None:
             self.pending.append(data)
             return
-        if self.delay_s <= 0 and not self.queue:
+        now = self.loop.time()
+        due = max(now + self.delay_s, self.not_before)
+        if due <= now and not self.queue:
             self._emit(data)
             return
-        self.queue.append((self.loop.time() + self.delay_s, data))
+        self.queue.append((due, data))
         if self._timer is None:
             self._timer = self.loop.call_at(self.queue[0][0], self._flush)
 
@@ -166,8 +178,12 @@ class ProxiedConnection:
                  to_client_delay_s: float, to_upstream_delay_s: float) -> None:
         self.loop = loop
         self.upstream = upstream
+        # Accepted now: the client's first message may not reach the upstream before the
+        # handshake netem would have delayed (module docstring).
+        handshake_done = loop.time() + 2 * to_upstream_delay_s + to_client_delay_s
         self.to_client = DelayedWriter(loop, to_client_delay_s, self._half_closed)
-        self.to_upstream = DelayedWriter(loop, to_upstream_delay_s, self._half_closed)
+        self.to_upstream = DelayedWriter(loop, to_upstream_delay_s, self._half_closed,
+                                         not_before=handshake_done)
         self.client = _Side(self, self.to_upstream)
         self.server = _Side(self, self.to_client)
         self._halves_closed = 0

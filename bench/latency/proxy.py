@@ -3,8 +3,17 @@
 Two proxies, each its own process (the program is bench/latency/delay_proxy.py): one in
 front of the server (delays the bytes the server sends back to clients) and one in front
 of PostgreSQL (delays the bytes the server sends to the database). Each chunk is released
-L ms after it arrived, in order. They stand in every cell, also at 0 ms, so the path is
-the same in every cell and only the delay changes.
+L ms after it arrived, in order.
+
+At 0 ms there is no proxy: the server dials PostgreSQL and Locust dials the server
+directly, as with --latency-backend none. netem at 0 ms adds nothing to the path, but a
+proxy is a process every message has to wake up: about 0.02 ms per message on these
+machines, the same through HAProxy, and a cell that opens a PostgreSQL connection per
+request sends about sixteen. It cost sync_gunicorn io_create/ 0 ms 7% of its steady sRPS
+(0.93 of no proxy over 9 repeats; benchmarks/proxy_overhead.py --end-to-end), a cost
+netem's baseline never had. At L > 0 the same hop is under 0.1% of what L adds to such a
+request (2L per connection plus L per round trip). BENCH_PROXY_AT_ZERO=1 keeps the proxies
+at 0 ms, to measure the hop.
 
 This module is the harness's side: starting a proxy process, reading the address it
 listens on, stopping it. What the proxy does not model is in delay_proxy.py's docstring.
@@ -13,6 +22,7 @@ listens on, stopping it. What the proxy does not model is in delay_proxy.py's do
 from __future__ import annotations
 
 import contextlib
+import os
 import selectors
 import subprocess
 import sys
@@ -29,15 +39,15 @@ PROGRAM = "bench.latency.delay_proxy"
 FIDELITY_NOTE = (
     "Measured against netem (inside User-Mode Linux, benchmarks/latency_fidelity.py: "
     "io_create/ at 0 and 100 ms, 3 interleaved rounds): the proxy's 100/0 ratio of steady "
-    "sRPS is about 5 points higher than netem's, for sync_gunicorn (19.5% vs 14.2%) and "
-    "async_unlimited (72.2% vs 67.2%). Its undelayed handshakes give 7-10% more sRPS at "
-    "100 ms and its CPU cost lowers the 0 ms figure. The study's verdicts hold under both: "
-    "sync collapses, async holds.")
+    "sRPS is within half a point of netem's, for sync_gunicorn (13.6% vs 13.2%) and "
+    "async_unlimited (63.9% vs 63.6%); async's rounds scatter by up to 10 points.")
 # SCHED_FIFO priority of the proxies (delay_proxy.py says why). Low among real-time
 # priorities: the kernel's own real-time threads stay ahead of it.
 REALTIME_PRIORITY = 10
 READY_TIMEOUT_S = 15.0
 STOP_GRACE_S = 5.0
+#: Set to 1 to keep the proxies in the path at 0 ms (ProxySession).
+AT_ZERO_ENV = "BENCH_PROXY_AT_ZERO"
 
 
 CAP_SYS_NICE = 23  # linux/capability.h
@@ -128,9 +138,15 @@ class ProxyProcess:
             self.errors = None
 
 
+def proxy_at_zero() -> bool:
+    """Whether the proxies stand in the path at 0 ms too (BENCH_PROXY_AT_ZERO=1): only to
+    measure their own cost (benchmarks/proxy_overhead.py --end-to-end)."""
+    return os.environ.get(AT_ZERO_ENV, "") == "1"
+
+
 class ProxySession(LatencySession):
-    """Proxies in front of the server and of PostgreSQL, at every latency (also 0 ms), so
-    the path is the same in every cell and only the delay changes."""
+    """Proxies in front of the server and of PostgreSQL at L > 0; at 0 ms, the direct path
+    (module docstring)."""
 
     backend = "proxy"
 
@@ -138,8 +154,12 @@ class ProxySession(LatencySession):
         super().__init__(latency_ms)
         self.cpus = cpus
         self.proxies: list[ProxyProcess] = []
+        #: Whether this cell's path goes through proxies (not at 0 ms, unless asked).
+        self.proxied = latency_ms > 0 or proxy_at_zero()
 
     def _start(self, upstream: tuple[str, int], direction: str) -> tuple[str, int]:
+        if not self.proxied:
+            return upstream
         proxy = ProxyProcess(upstream, self.latency_ms, direction, cpus=self.cpus)
         self.proxies.append(proxy)
         return proxy.start()

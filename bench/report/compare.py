@@ -269,8 +269,9 @@ def warnings_of(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
     backends = (base.get("latency_backend"), new.get("latency_backend"))
     if backends[0] != backends[1]:
         found.append(f"latency backend differs: BASE {backends[0]}, NEW {backends[1]}; the "
-                     "proxy does not delay TCP handshakes, netem does, so latency cells "
-                     "measure different things")
+                     "proxy delays chunks in a process and charges the TCP handshake to "
+                     "the first message, netem delays packets in the kernel, so latency "
+                     "cells measure slightly different things")
     profiles = [_profile(base), _profile(new)]
     if profiles[0] != profiles[1]:
         found.append(f"profile differs: BASE {_profile_text(profiles[0])}, NEW "
