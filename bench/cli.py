@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "random, recorded in run.json)")
     run.add_argument("--latency-backend", type=_backend, default="auto",
                      help="auto | netem | proxy | none (default: auto = netem where the kernel "
-                          "has it, else proxy)")
+                          "has it, else proxy; the proxy leaves 0 ms cells direct)")
     run.add_argument("--out", type=Path, metavar="DIR",
                      help="results folder (default: results/<date-time>)")
     run.add_argument("--resume", type=_results_folder, metavar="DIR",
