@@ -50,8 +50,11 @@ def steady_metrics(state: SteadyState) -> dict[str, Any]:
 def response_metrics(responses: Responses, ramp_s: float, end_s: float) -> dict[str, Any]:
     """Totals over the whole run; steady figures over the steady window of [ramp_s, end_s)."""
     if not len(responses):
+        # No request ended: the window measured 0 sRPS (whether that is a result or a load
+        # that never ran is the runner's call: bench/runner.py empty_load_reason).
         return {"total_requests": 0, "total_successes": 0, "total_failures": 0,
-                "failures_by_kind": {}}
+                "failures_by_kind": {},
+                **steady_metrics(analyse(responses.success_times(), ramp_s, end_s))}
     successes = int(responses.ok.sum())
     kinds = Counter(kind or "unknown" for kind, ok in zip(responses.kind, responses.ok,
                                                           strict=True) if not ok)

@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +73,8 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 # SIGTERM, this long to exit, then SIGKILL to its process group.
 SERVER_STOP_GRACE_S = 1.0
 POLL_S = 1.0  # how often the steady state is judged while the load runs
+# A server this busy (% of a core, mean over the window) was reached by the load.
+BUSY_SERVER_PCT = 50.0
 LOG_MARGIN_S = 0.5  # responses ending this close to "now" may not be logged yet
 PRECISE_LOOKS = 2  # consecutive looks that must find the interval tight enough
 RESUME_ANY = ("master_bind", "master_port")  # may differ when a run is resumed
@@ -241,6 +243,25 @@ def worker_instructions(config: RunConfig) -> str:
     return (f"load: each cell's Locust master waits up to {WORKER_WAIT_S:.0f} s for "
             f"{config.load_workers} worker(s) on {config.master_bind}:{port}; on each load "
             f"host run: python -m bench load-worker --master HOST:{port}  (HOST: {where})")
+
+
+def empty_load_reason(metrics: Mapping[str, Any]) -> str | None:
+    """Why a cell in which no request ended (none in responses.csv) measured nothing, or
+    None if it measured something.
+
+    A server that stayed busy meanwhile was reached by the load, and each request took
+    longer than the hold: 0 sRPS is the measurement (the study's sync servers under
+    cpu/ with 200 users, where every thread shares one core). A server that stayed idle,
+    or one whose CPU is not measured (--target), never saw the load (load workers that
+    joined the master but never ran users, for one): the cell failed."""
+    if metrics.get("total_requests"):
+        return None
+    cpu = metrics.get("mean_server_cpu_pct")
+    if cpu is not None and cpu >= BUSY_SERVER_PCT:
+        return None
+    busy = "not measured" if cpu is None else f"{cpu:.0f}% of a core"
+    return (f"the load ran but no request ended (none in responses.csv) and the server's CPU "
+            f"was {busy}: nothing shows the load reached it")
 
 
 def now_iso() -> str:
@@ -755,11 +776,10 @@ class Runner:
             load_s = phases.mark("load")
             record.reason = reason
             record.metrics = cell_metrics(cell_dir, self.profile, end_s)
-            if record.reason is None and not record.metrics.get("total_requests"):
-                # A load that ran its course without one request in responses.csv measured
-                # nothing (e.g. load workers that joined the master but never ran users).
-                record.reason = (f"the load ran but no request ended (none in "
-                                 f"responses.csv):\n{load.log_tail()}")
+            if record.reason is None:
+                empty = empty_load_reason(record.metrics)
+                if empty:
+                    record.reason = f"{empty}:\n{load.log_tail()}"
             phases.mark("metrics")
         phases.mark("stop")
         return load_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -241,3 +242,27 @@ def test_noisy_counts_give_an_interval_around_the_rate(tmp_path: Path) -> None:
     m = cell_metrics(tmp_path, Profile("t", 1, 1, 10, 60, 0, 5), end_s=59.0)
     low, high = m["steady_srps_ci95"] or (0, 0)
     assert low < 40 < high and 0 < high - low < 8
+
+
+@pytest.mark.parametrize(("server_cpu", "measured"), [(97, True), (12, False)])
+def test_a_hold_in_which_no_request_ended(tmp_path: Path, server_cpu: float,
+                                          measured: bool) -> None:
+    """No request in responses.csv: 0 sRPS over the window, flagged (no finite half-width).
+    With a busy server that is the measurement (requests outlast the hold); with an idle
+    one nothing shows the load arrived, and the runner fails the cell."""
+    from bench.runner import empty_load_reason
+
+    _write(tmp_path / "responses.csv", ["t_s", "name", "response_time_ms", "ok", "kind"], [])
+    _write(tmp_path / "resources.csv", ["t_s", "server_cpu_pct", "locust_cpu_pct"],
+           [[t, server_cpu, 5] for t in range(1, 17)])
+    m = cell_metrics(tmp_path, Profile("t", 200, 100, 8, 14, 0.05, 300), end_s=16.0)
+    assert m["total_requests"] == 0
+    assert m["steady_srps"] == 0.0 and m["steady_srps_ci95"] == [0.0, 0.0]
+    assert m["steady_half_width_pct"] == math.inf and m["window_s"] == 14.0
+    reason = empty_load_reason(m)
+    if measured:
+        assert reason is None
+    else:
+        assert reason is not None and "12% of a core" in reason, reason
+    assert empty_load_reason({**m, "mean_server_cpu_pct": None}) is not None  # --target
+    assert empty_load_reason({**m, "total_requests": 3, "mean_server_cpu_pct": 0}) is None

@@ -364,8 +364,10 @@ def test_the_precision_note_names_every_cell_that_missed_the_target(tmp_path: Pa
         data["stopped_by"] = "max_hold" if data["cell_id"] in (zero, wide, narrow) \
             else "precision"
         if data["cell_id"] == zero:  # the harness writes Infinity for a window of no success
+            # ...and no request ended at all (a busy server whose requests outlast the hold)
             metrics.update(steady_srps=0.0, steady_srps_ci95=[0.0, 0.0],
-                           steady_half_width_pct=math.inf)
+                           steady_half_width_pct=math.inf, total_requests=0,
+                           total_successes=0, total_failures=0)
         path.write_text(json.dumps(data))
     build_report(folder)
     md = (folder / "report.md").read_text()
@@ -374,6 +376,8 @@ def test_the_precision_note_names_every_cell_that_missed_the_target(tmp_path: Pa
     missed = note.split("missed the target: ")[1].split(", ")
     assert sorted(missed) == sorted([zero, wide]), note
     assert "| 0 | 10.0 ± 0.5 | 0.00 ± 0.00 † |" in md  # the zero cell is flagged
+    nothing = next(line for line in md.splitlines() if "ended no request" in line)
+    assert nothing.startswith("- 1 cell(s) ended no request") and nothing.endswith(zero), nothing
 
 
 def test_interaction_equals_hand_computation_with_delta_method_interval() -> None:

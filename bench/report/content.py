@@ -195,6 +195,11 @@ class Builder:
                          f"{statistics.median(holds):.1f} s)"
                          + (f"; {len(missed)} missed the target: " + ", ".join(missed)
                             if missed else ""))
+        nothing = [c.cell_id for c in finished if c.metrics.get("total_requests") == 0]
+        if nothing:
+            notes.append(f"{len(nothing)} cell(s) ended no request within the hold while "
+                         "the server was busy: each request took longer than the hold, and "
+                         "0 sRPS is what they measured: " + ", ".join(nothing))
         unsteady = [c.cell_id for c in finished if c.metrics.get("unsteady") is True]
         if unsteady:
             notes.append(f"{len(unsteady)} cell(s) never settled (unsteady: their throughput "

@@ -233,7 +233,11 @@ def timeseries_figure(cell_id: str, series: Series, phases: Phases, folder: Path
     latency.set_ylabel("response ms")
     latency.set_xlabel("seconds since start (sand: ramp, light: detected warm-up, "
                        "green: steady window)")
-    latency.legend(loc="upper left", frameon=False, fontsize=7)
+    if latency.get_lines():
+        latency.legend(loc="upper left", frameon=False, fontsize=7)
+    else:  # no request ended: no response time to draw (matplotlib would warn)
+        latency.text(0.5, 0.5, "no request ended", transform=latency.transAxes, ha="center",
+                     va="center", color="#777777")
     fig.suptitle(cell_id, fontsize=9)
     fig.tight_layout()
     return save(fig, folder, f"ts_{safe_name(cell_id)}", svg=False, dpi=72)[0]
