@@ -44,7 +44,8 @@ def test_central_effect_sync_collapses_with_latency_async_holds(tmp_path: Path) 
     """The study's result at small scale, through the proxy backend: sync_gunicorn's steady
     sRPS at 100 ms < 30% of its 0 ms value; async_unlimited's > 40%, and at least 5 times
     sync's share. (Under netem in User-Mode Linux async kept 64%, the proxy within half a
-    point of it; on this host with the smoke profile it kept 55% and 72% in two runs: 60% was too close.)"""
+    point of it; on this host with the smoke profile it kept 55% and 72% in two runs: 60%
+    was too close.)"""
     out = tmp_path / "run"
     result = subprocess.run(bench_cmd(
         "run", "--variants", "sync_gunicorn,async_unlimited", "--routes", "io_create",
