@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.latency.netem import netem_qdisc_command
-from bench.latency.proxy import proxy_at_zero
+from bench.latency.proxy import proxied
 from bench.paths import repo_root
 from bench.pgbouncer import PgBouncer
 from bench.postgres import DB_USER, cache_root, stored_secret
@@ -452,8 +452,7 @@ class DockerRunner(Runner):
         # At 0 ms the proxies stay out of the path (bench/latency/proxy.py): the server,
         # still in the sidecar's network namespace, dials db directly.
         direct_db = ({"BENCH_PROXY_DB_HOST": "db", "BENCH_PROXY_DB_PORT": "5432"}
-                     if self.backend == "proxy" and self.front_port(cell) == SERVER_PORT
-                     else {})
+                     if self.backend == "proxy" and not proxied(cell.latency_ms) else {})
         return {
             **direct_db,
             **self.base_env(),
@@ -479,7 +478,7 @@ class DockerRunner(Runner):
     def front_port(self, cell: Cell) -> int:
         """The port clients dial on the latency sidecar: its proxy, or at 0 ms the server
         itself (the sidecar owns the server's network namespace)."""
-        return PROXY_PORT if cell.latency_ms > 0 or proxy_at_zero() else SERVER_PORT
+        return PROXY_PORT if proxied(cell.latency_ms) else SERVER_PORT
 
     def open_deployment(self, cell: Cell, cell_dir: Path, stack: contextlib.ExitStack,
                         phases: _Phases) -> Deployment:

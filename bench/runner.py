@@ -250,8 +250,8 @@ def empty_load_reason(metrics: Mapping[str, Any]) -> str | None:
     None if it measured something.
 
     A server that stayed busy meanwhile was reached by the load, and each request took
-    longer than the hold: 0 sRPS is the measurement (the study's sync servers under
-    cpu/ with 200 users, where every thread shares one core). A server that stayed idle,
+    longer than the hold: 0 sRPS is the measurement (servers whose threads share one core
+    under cpu/ with 200 users, async_daphne's for one). A server that stayed idle,
     or one whose CPU is not measured (--target), never saw the load (load workers that
     joined the master but never ran users, for one): the cell failed."""
     if metrics.get("total_requests"):

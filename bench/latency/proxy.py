@@ -144,6 +144,12 @@ def proxy_at_zero() -> bool:
     return os.environ.get(AT_ZERO_ENV, "") == "1"
 
 
+def proxied(latency_ms: float) -> bool:
+    """Whether a cell at `latency_ms` goes through the proxies (locally and in Docker mode):
+    at L > 0, and at 0 ms only with BENCH_PROXY_AT_ZERO=1."""
+    return latency_ms > 0 or proxy_at_zero()
+
+
 class ProxySession(LatencySession):
     """Proxies in front of the server and of PostgreSQL at L > 0; at 0 ms, the direct path
     (module docstring)."""
@@ -155,7 +161,7 @@ class ProxySession(LatencySession):
         self.cpus = cpus
         self.proxies: list[ProxyProcess] = []
         #: Whether this cell's path goes through proxies (not at 0 ms, unless asked).
-        self.proxied = latency_ms > 0 or proxy_at_zero()
+        self.proxied = proxied(latency_ms)
 
     def _start(self, upstream: tuple[str, int], direction: str) -> tuple[str, int]:
         if not self.proxied:
