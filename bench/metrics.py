@@ -8,10 +8,20 @@ stats_history.csv and resources.csv. Definitions are in results/README.md.
   means whose batches pass a lag-1 autocorrelation test (bench/steady.py).
 - p50/p95/p99: response times of the requests ending in the steady window.
 - in-flight requests (Little's law): the sum of the window's response times / its length.
+- the machine's speed during the window (resources.csv machine_probe_ms, bench/machine.py
+  probe_ms) and how the cell's throughput moved with it: the least-squares slope of
+  SPEED_BATCH_S batch rates on the batch's mean probe, with its standard error. That slope
+  is the control variate of the simulation literature (Lavenberg & Welch 1981, "A
+  perspective on the use of control variables to increase the efficiency of Monte Carlo
+  simulations"; Law, "Simulation Modeling and Analysis", ch. 11): the report uses it to
+  compare two repeats at the same machine speed (bench/report/stats.py repeat_pairs).
+  Written here in closed form: one regressor, and statsmodels is a 40 MB
+  dependency for a slope and its standard error.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -26,6 +36,8 @@ from bench.results import read_csv, to_float
 from bench.steady import SteadyState, analyse
 
 SATURATED_CPU_PCT = 90.0
+SPEED_BATCH_S = 2.0  # two probes (one a second) per batch of the speed regression
+SPEED_MIN_BATCHES = 6
 CI_METHOD = "batch means, lag-1 tested (LBATCH), after MSER-5 truncation"
 
 
@@ -136,6 +148,51 @@ def resource_metrics(path: Path, window_start_s: float) -> dict[str, Any]:
     }
 
 
+def speed_metrics(success_times_s: np.ndarray, resources: Path, start_s: float, end_s: float
+                  ) -> dict[str, Any]:
+    """The machine's speed over [start_s, end_s) and the throughput's slope on it.
+
+    machine_probe_ms: the mean probe (ms of thread CPU time for a fixed loop; higher is a
+    slower machine). speed_slope: sRPS per ms of probe, from batches of SPEED_BATCH_S s
+    (negative when a slower machine served fewer requests), and speed_slope_se its
+    standard error; None with fewer than SPEED_MIN_BATCHES batches or no spread in speed.
+    resources.csv's t_s counts from the sampler's start, just after the load's.
+    """
+    probes = [(t, v) for row in read_csv(resources)
+              if (t := to_float(row.get("t_s"))) is not None
+              and (v := to_float(row.get("machine_probe_ms"))) is not None
+              and start_s <= t < end_s]
+    if not probes:
+        return {}
+    t_probe = np.array([t for t, _ in probes])
+    v_probe = np.array([v for _, v in probes])
+    metrics: dict[str, Any] = {"machine_probe_ms": round(float(v_probe.mean()), 3),
+                               "speed_slope": None, "speed_slope_se": None}
+    batches = int((end_s - start_s) // SPEED_BATCH_S)
+    edges = start_s + SPEED_BATCH_S * np.arange(batches + 1)
+    if batches < SPEED_MIN_BATCHES:
+        return metrics
+    counts, _ = np.histogram(success_times_s, bins=edges)
+    which = np.digitize(t_probe, edges) - 1
+    x, y = [], []
+    for i in range(batches):
+        in_batch = v_probe[which == i]
+        if len(in_batch):
+            x.append(float(in_batch.mean()))
+            y.append(counts[i] / SPEED_BATCH_S)
+    if len(x) < SPEED_MIN_BATCHES:
+        return metrics
+    xs, ys = np.array(x), np.array(y)
+    sxx = float(np.sum((xs - xs.mean()) ** 2))
+    if sxx <= 0:
+        return metrics
+    slope = float(np.sum((xs - xs.mean()) * (ys - ys.mean()))) / sxx
+    residuals = ys - ys.mean() - slope * (xs - xs.mean())
+    se = math.sqrt(float(np.sum(residuals ** 2)) / (len(xs) - 2) / sxx)
+    metrics.update(speed_slope=round(slope, 4), speed_slope_se=round(se, 4))
+    return metrics
+
+
 def load_worker_metrics(path: Path) -> dict[str, Any]:
     """Per remote load worker (load_workers.csv): its address, rows sent, mean and peak CPU
     (% of one core, a 3-report moving average for the peak); a worker that sent no CPU
@@ -182,6 +239,11 @@ def cell_metrics(cell_dir: Path, profile: Profile, end_s: float | None = None
     metrics.update(history_metrics(cell_dir / "stats_history.csv"))
     metrics.update(resource_metrics(cell_dir / "resources.csv",
                                     metrics.get("warmup_s", profile.ramp_s)))
+    if len(responses):
+        metrics.update(speed_metrics(
+            responses.success_times(), cell_dir / "resources.csv",
+            metrics.get("warmup_s", profile.ramp_s),
+            metrics.get("warmup_s", profile.ramp_s) + metrics.get("window_s", 0.0)))
     workers = load_worker_metrics(cell_dir / "load_workers.csv")
     if workers:
         metrics.update(workers)

@@ -63,6 +63,9 @@ class CellMetrics(TypedDict, total=False):
     load_generator_saturated: bool
     mean_steal_pct: float | None
     mean_outside_cpu_pct: float | None
+    machine_probe_ms: float  # the machine's speed during the window (bench/metrics.py)
+    speed_slope: float | None  # sRPS per ms of probe
+    speed_slope_se: float | None
     rss_per_in_flight_kib: float
     peak_pgbouncer_rss_mib: float | None
     peak_pgbouncer_clients: int | None

@@ -11,7 +11,10 @@ The machine is part of the measurement (pyperf records its system state the same
 `steal_pct` is CPU time the hypervisor gave to other guests, and `outside_cpu_pct` is the
 CPU used by processes outside the cell (all busy time less the server, PostgreSQL, Locust,
 the latency helpers and the harness itself). Percentages are of one core, like a
-process's CPU %, so 200 is both cores of a 2-core machine.
+process's CPU %, so 200 is both cores of a 2-core machine. `machine_probe_ms` is how long
+a small fixed loop took in thread CPU time on each core, the mean of the probes since the
+last sample (ten a second: bench/machine.py SpeedProbe): the machine's speed during the
+cell, which steal does not show on these virtual machines.
 
 A variant behind PgBouncer adds its memory, and its client-side and server-side
 connections as PgBouncer's own sockets show them (bench/pgbouncer.py); the columns are
@@ -33,11 +36,12 @@ from typing import Any, Protocol
 
 import psutil
 
+from bench.machine import SpeedProbe
 from bench.results import write_csv_atomic
 
 HEADER = ("t_s", "server_rss_mib", "server_cpu_pct", "server_threads", "db_connections",
           "db_rss_mib", "locust_cpu_pct", "steal_pct", "outside_cpu_pct", "pgbouncer_rss_mib",
-          "pgbouncer_clients", "pgbouncer_servers")
+          "pgbouncer_clients", "pgbouncer_servers", "machine_probe_ms")
 MIB = 1024 * 1024
 
 
@@ -149,6 +153,7 @@ class ResourceSampler:
         helper_pids: Callable[[], list[int]] = list, pooler: Pooler | None = None,
         unmeasured: frozenset[str] = frozenset(),
         db_connections: Callable[[], int | None] | None = None,
+        probe_cpus: list[int] | None = None,
     ) -> None:
         unknown = unmeasured - set(HEADER)
         if unknown:
@@ -165,6 +170,8 @@ class ResourceSampler:
         self._pooler = pooler
         self._pooler_tree = _Tree(pooler.pids if pooler else list)
         self._machine = _MachineCpu()
+        cpus = sorted(os.sched_getaffinity(0)) if probe_cpus is None else probe_cpus
+        self._probe = SpeedProbe(cpus) if cpus else None
         self.rows: list[tuple[float | None, ...]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="resources", daemon=True)
@@ -175,6 +182,8 @@ class ResourceSampler:
         for tree in (self._server, self._db, self._locust, self._helpers, self._pooler_tree):
             _cpu_pct(tree.processes())  # prime cpu_percent baselines
         self._machine.sample()
+        if self._probe is not None:
+            self._probe.start()
         self._thread.start()
 
     def sample(self) -> tuple[float | None, ...]:
@@ -186,6 +195,7 @@ class ResourceSampler:
         pooler = self._pooler_tree.processes()
         helpers_cpu += _cpu_pct(pooler)
         steal, busy = self._machine.sample()
+        probe = self._probe.take() if self._probe is not None else None
         outside = max(busy - server_cpu - db_cpu - locust_cpu - helpers_cpu, 0.0)
         pooler_columns: tuple[float | int | None, ...] = (None, None, None)
         if self._pooler is not None:
@@ -204,6 +214,7 @@ class ResourceSampler:
             round(steal, 1),
             round(outside, 1),
             *pooler_columns,
+            probe,
         )
         return tuple(None if name in self.unmeasured else value
                      for name, value in zip(HEADER, row, strict=True))
@@ -219,4 +230,6 @@ class ResourceSampler:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self._probe is not None:
+            self._probe.stop()
         write_csv_atomic(self.out_csv, HEADER, self.rows)

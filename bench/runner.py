@@ -661,13 +661,16 @@ class Runner:
         if not self.config.target:
             return []
         return ["server RSS", "server CPU", "server threads", "PostgreSQL memory",
+                "machine speed",
                 *([] if self.config.target_db else ["DB connections (no --target-db)"])]
 
     def unmeasured_columns(self) -> frozenset[str]:
         """resources.csv columns left empty: what not_measured() names."""
         if not self.config.target:
             return frozenset()
-        columns = {"server_rss_mib", "server_cpu_pct", "server_threads", "db_rss_mib"}
+        # machine_probe_ms would time this machine, not the server's
+        columns = {"server_rss_mib", "server_cpu_pct", "server_threads", "db_rss_mib",
+                   "machine_probe_ms"}
         if not self.config.target_db:
             columns.add("db_connections")
         return frozenset(columns)
@@ -947,7 +950,8 @@ SUMMARY_METRICS = ("steady_srps", "steady_half_width_pct", "warmup_s", "window_s
                    "p50_ms", "p95_ms", "p99_ms", "peak_server_rss_mib", "peak_server_threads",
                    "peak_db_connections", "peak_server_db_rss_mib", "mean_server_cpu_pct",
                    "mean_locust_cpu_pct", "load_generator_saturated", "mean_steal_pct",
-                   "mean_outside_cpu_pct", "peak_pgbouncer_rss_mib", "peak_pgbouncer_clients",
+                   "mean_outside_cpu_pct", "machine_probe_ms", "speed_slope",
+                   "peak_pgbouncer_rss_mib", "peak_pgbouncer_clients",
                    "peak_pgbouncer_servers")
 
 

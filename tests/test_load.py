@@ -266,3 +266,71 @@ def test_a_hold_in_which_no_request_ended(tmp_path: Path, server_cpu: float,
         assert reason is not None and "12% of a core" in reason, reason
     assert empty_load_reason({**m, "mean_server_cpu_pct": None}) is not None  # --target
     assert empty_load_reason({**m, "total_requests": 3, "mean_server_cpu_pct": 0}) is None
+
+
+def test_the_slope_of_throughput_on_the_machines_speed(tmp_path: Path) -> None:
+    """Blocks of 10 s alternate a fast machine (probe 3.0 ms, 100 sRPS) and a slow one
+    (probe 4.5 ms, 70 sRPS): the slope is -20 sRPS per ms of probe, found within its
+    standard error's reach; a machine at one speed gives a probe but no slope."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    times, probes = [], []
+    for block in range(6):
+        fast = block % 2 == 0
+        start = 10.0 * block
+        times.extend(start + np.sort(rng.uniform(0, 10, 1000 if fast else 700)))
+        probes.extend([start + s + 0.5, 3.0 if fast else 4.5] for s in range(10))
+    _write(tmp_path / "responses.csv", ["t_s", "name", "response_time_ms", "ok", "kind"],
+           [[round(t, 4), "io_create", 10.0, 1, ""] for t in times])
+    _write(tmp_path / "resources.csv", ["t_s", "machine_probe_ms"], probes)
+    m = cell_metrics(tmp_path, Profile("t", 1, 1, 10, 60, 0, 5), end_s=60.0)
+    assert m["window_s"] == 59.0  # after the 1-s ramp
+    # the probes of the window: 29 fast ones (the one at 0.5 s is in the ramp), 30 slow
+    assert m["machine_probe_ms"] == pytest.approx((29 * 3.0 + 30 * 4.5) / 59, abs=1e-3)
+    slope, se = m["speed_slope"], m["speed_slope_se"]
+    assert slope is not None and se is not None and 0 < se < 5
+    assert abs(slope - -20.0) < 3 * se, (slope, se)
+
+    _write(tmp_path / "resources.csv", ["t_s", "machine_probe_ms"],
+           [[t + 0.5, 3.0] for t in range(60)])
+    m = cell_metrics(tmp_path, Profile("t", 1, 1, 10, 60, 0, 5), end_s=60.0)
+    assert m["machine_probe_ms"] == 3.0 and m["speed_slope"] is None
+    _write(tmp_path / "resources.csv", ["t_s", "server_cpu_pct"], [[1, 50]])
+    assert "machine_probe_ms" not in cell_metrics(tmp_path, Profile("t", 1, 1, 10, 60, 0, 5),
+                                                  end_s=60.0)
+
+
+def test_the_resource_sampler_probes_the_machine_on_each_core(tmp_path: Path) -> None:
+    """machine_probe_ms is a real timing of the probe loop, the mean of about ten probes a
+    second (bench/machine.py SpeedProbe); the probing thread leaves the caller's CPU
+    affinity alone, and no CPU to probe leaves the column empty."""
+    import os
+
+    from bench.machine import SpeedProbe
+
+    before = os.sched_getaffinity(0)
+    probe = SpeedProbe(sorted(before), interval_s=0.05)
+    probe.start()
+    time.sleep(0.6)
+    first = probe.take()
+    probe.stop()
+    assert first is not None and 0 < first < 1000
+    assert os.sched_getaffinity(0) == before
+
+    from bench.resources import ResourceSampler
+
+    sampler = ResourceSampler(tmp_path / "resources.csv", list, list, list, db_user="u",
+                              interval_s=0.5)
+    sampler.start()
+    time.sleep(1.3)
+    sampler.stop()
+    with (tmp_path / "resources.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) >= 2 and all(0 < float(r["machine_probe_ms"]) < 1000 for r in rows)
+    off = ResourceSampler(tmp_path / "r.csv", list, list, list, db_user="u", probe_cpus=[])
+    off.start()
+    time.sleep(0.6)
+    off.stop()
+    with (tmp_path / "r.csv").open() as handle:
+        assert all(r["machine_probe_ms"] == "" for r in csv.DictReader(handle))

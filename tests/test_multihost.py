@@ -208,11 +208,12 @@ def test_target_elsewhere_with_its_database(tmp_path: Path) -> None:
     assert metrics["peak_db_connections"] > 5  # many in-flight ORM requests, each its own
     assert record["settings"]["target"] == url
     assert record["not_measured"] == ["server RSS", "server CPU", "server threads",
-                                      "PostgreSQL memory"]
+                                      "PostgreSQL memory", "machine speed"]
     assert metrics["peak_server_rss_mib"] is None and metrics["peak_server_threads"] is None
     with (out / "cells" / "remote__io_read__0ms__r1" / "resources.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert rows and all(r["server_rss_mib"] == "" and r["db_connections"] != "" for r in rows)
+    assert rows and all(r["server_rss_mib"] == "" and r["db_connections"] != ""
+                        and r["machine_probe_ms"] == "" for r in rows)
     run = json.loads((out / "run.json").read_text())
     assert run["latency_backend"] == "none"
     assert any("not measured" in note for note in run["caveats"])
@@ -220,7 +221,7 @@ def test_target_elsewhere_with_its_database(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     assert ("not measured in every cell: server RSS, server CPU, server threads, PostgreSQL "
-            "memory") in (out / "report.md").read_text()
+            "memory, machine speed") in (out / "report.md").read_text()
 
 
 def test_ctrl_c_mid_cell_ends_the_workers_run_and_load_worker_leaves_nothing(

@@ -315,6 +315,38 @@ def test_repeat_pairs_and_the_calibration_line_with_the_machines_drift() -> None
             "2.5), up to 25%") in line, line
 
 
+def test_repeats_compared_at_the_same_machine_speed() -> None:
+    """Two repeats 20 sRPS apart, the second on a machine slower by 1 ms of probe, where
+    each cell lost 20 sRPS per ms: far apart as measured, together at the same speed."""
+    cells = [ok_cell(v, [v - 2, v + 2], repeat=r) for r, v in ((1, 100.0), (2, 80.0))]
+    for cell, probe in zip(cells, (3.0, 4.0), strict=True):
+        cell.metrics.update(machine_probe_ms=probe, speed_slope=-20.0, speed_slope_se=1.0)
+    se = 2 / T_975_DF4
+    (pair,) = repeat_pairs(cells)
+    assert pair.z == pytest.approx(20 / math.hypot(se, se))
+    # the pooled slope's se is 1/sqrt(2); one ms of shift carries it into the combined se
+    assert pair.speed_z == pytest.approx(0.0)
+    assert pair.machine_change == pytest.approx(1 / 3)
+    line = calibration_sentence([pair]) or ""
+    assert "1 landed more than 2.5" in line and "a CPU probe ten times a second" in line
+    assert "understate" in line  # as measured
+    assert line.endswith("Compared at the same machine speed (each cell's slope of "
+                         "throughput on the probe), 0 of 1 pairs landed more than 2.5 apart "
+                         "(median z 0.00): the cells' intervals hold for the machine they "
+                         "ran on, and its speed moved the repeats apart."), line
+    # A slope of -10 explains half of the gap: z of 10 over the combined se.
+    for cell in cells:
+        cell.metrics["speed_slope"] = -10.0
+    (pair,) = repeat_pairs(cells)
+    assert pair.speed_z == pytest.approx(10 / math.hypot(se, se, math.sqrt(0.5)))
+    assert (calibration_sentence([pair]) or "").endswith("(median z 8.06).")
+    # One cell without a probe: no comparison at the same speed.
+    del cells[1].metrics["machine_probe_ms"]
+    (pair,) = repeat_pairs(cells)
+    assert pair.speed_z is None and "same machine speed" not in (
+        calibration_sentence([pair]) or "")
+
+
 def test_ci_from_repeats_is_student_t_on_the_repeats() -> None:
     values = [10.0, 12.0, 14.0]  # mean 12, sd 2
     half = T_975_DF2 * 2 / math.sqrt(3)
@@ -378,6 +410,30 @@ def test_the_precision_note_names_every_cell_that_missed_the_target(tmp_path: Pa
     assert "| 0 | 10.0 ± 0.5 | 0.00 ± 0.00 † |" in md  # the zero cell is flagged
     nothing = next(line for line in md.splitlines() if "ended no request" in line)
     assert nothing.startswith("- 1 cell(s) ended no request") and nothing.endswith(zero), nothing
+
+
+def test_a_machine_whose_speed_moved_is_a_caveat(tmp_path: Path) -> None:
+    """Cells' probes 3.0 to 3.6 ms (20% apart) make a note naming the fastest and slowest
+    cells; within 10% of each other, no note."""
+    folder = make_results(tmp_path / "run")
+    paths = sorted((folder / "cells").glob("*/cell.json"))
+    ok = [p for p in paths if json.loads(p.read_text())["status"] == "ok"]
+
+    def probes(values: list[float]) -> str:
+        for path, value in zip(ok, values, strict=False):
+            data = json.loads(path.read_text())
+            data["metrics"]["machine_probe_ms"] = value
+            path.write_text(json.dumps(data))
+        build_report(folder)
+        md = (folder / "report.md").read_text()
+        return next((line for line in md.splitlines() if "machine's speed moved" in line), "")
+
+    note = probes([3.3, 3.0, 3.6, 3.2])
+    fast, slow = (json.loads(ok[i].read_text())["cell_id"] for i in (1, 2))
+    assert note == (f"- the machine's speed moved during the run: its CPU probe took 3.00 ms "
+                    f"during {fast} and 3.60 ms during {slow} (20% slower); a CPU-bound cell "
+                    "can differ by up to that much from the machine alone"), note
+    assert probes([3.3, 3.1, 3.4, 3.2]) == ""
 
 
 def test_interaction_equals_hand_computation_with_delta_method_interval() -> None:

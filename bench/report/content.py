@@ -39,6 +39,9 @@ from bench.report.tables import (
     steady_method,
 )
 
+# Cells' probes (metrics machine_probe_ms) further apart than this make a caveat.
+SPEED_SPREAD = 0.10
+
 
 @dataclass
 class Figure:
@@ -208,6 +211,14 @@ class Builder:
         if calibration.get("noisy"):
             notes.append(f"noisy machine: the CPU calibration loop varied by "
                          f"{100 * calibration.get('cv', 0):.1f}% before the run")
+        probes = sorted((v, c.cell_id) for c in finished
+                        if (v := c.metric("machine_probe_ms")) is not None and v > 0)
+        if probes and probes[-1][0] / probes[0][0] - 1 > SPEED_SPREAD:
+            (fast, fast_id), (slow, slow_id) = probes[0], probes[-1]
+            notes.append(f"the machine's speed moved during the run: its CPU probe took "
+                         f"{fast:.2f} ms during {fast_id} and {slow:.2f} ms during {slow_id} "
+                         f"({100 * (slow / fast - 1):.0f}% slower); a CPU-bound cell can "
+                         "differ by up to that much from the machine alone")
         steal = [(c.cell_id, v) for c in finished if (v := c.metric("mean_steal_pct")) and v > 5]
         if steal:
             notes.append("CPU steal above 5% of a core (another guest took the CPU): "

@@ -177,7 +177,13 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class RepeatPair:
-    """Two repeats of one cell: how far apart they landed, in combined standard errors."""
+    """Two repeats of one cell: how far apart they landed, in combined standard errors.
+
+    `z` compares the two figures as measured. `speed_z` compares them at the same machine
+    speed: the second repeat moved to the first one's probe along the cells' own slope of
+    throughput on speed (bench/metrics.py speed_metrics, a control variate), whose
+    standard error is added to the combined one. None where a cell has no probe or slope.
+    """
 
     column: str
     route: str
@@ -187,11 +193,15 @@ class RepeatPair:
     z: float
     # The CPU loop timed before each of the two cells (cell.json machine_loop_ms).
     loop_ms: tuple[float | None, float | None] = (None, None)
+    # The machine's speed during each cell's window (metrics machine_probe_ms).
+    probe_ms: tuple[float | None, float | None] = (None, None)
+    speed_z: float | None = None
 
     @property
     def machine_change(self) -> float | None:
-        """How much the machine's CPU loop changed between the two cells: |b/a - 1|."""
-        a, b = self.loop_ms
+        """How much the machine's speed changed between the two cells: |b/a - 1|, from the
+        probe during the cells where both have one, else from the loop timed before."""
+        a, b = self.probe_ms if all(self.probe_ms) else self.loop_ms
         return abs(b / a - 1) if a and b else None
 
 
@@ -223,10 +233,39 @@ def repeat_pairs(cells: list[CellRecord]) -> list[RepeatPair]:
                 if va is None or vb is None or sa is None or sb is None:
                     continue
                 se = math.hypot(sa, sb)
-                z = abs(va - vb) / se if se > 0 else (0.0 if va == vb else math.inf)
+                z = _z(va - vb, se)
+                pa, pb = a.metric("machine_probe_ms"), b.metric("machine_probe_ms")
                 pairs.append(RepeatPair(column, route, latency, (a.repeat, b.repeat),
-                                        (va, vb), z, (a.machine_loop_ms, b.machine_loop_ms)))
+                                        (va, vb), z, (a.machine_loop_ms, b.machine_loop_ms),
+                                        (pa, pb), _speed_z(a, b, va - vb, se)))
     return pairs
+
+
+def _z(difference: float, se: float) -> float:
+    return abs(difference) / se if se > 0 else (0.0 if difference == 0 else math.inf)
+
+
+def pooled_slope(cells: list[CellRecord]) -> tuple[float, float] | None:
+    """The cells' slopes of sRPS on machine speed, pooled by inverse variance, with the
+    pooled standard error; None where no cell has one."""
+    weights = slope = 0.0
+    for cell in cells:
+        value, se = cell.metric("speed_slope"), cell.metric("speed_slope_se")
+        if value is None or not se:
+            continue
+        weights += 1 / se**2
+        slope += value / se**2
+    return (slope / weights, math.sqrt(1 / weights)) if weights else None
+
+
+def _speed_z(a: CellRecord, b: CellRecord, difference: float, se: float) -> float | None:
+    """z of the difference once b is moved to a's machine speed along the pooled slope."""
+    pa, pb = a.metric("machine_probe_ms"), b.metric("machine_probe_ms")
+    slope = pooled_slope([a, b])
+    if pa is None or pb is None or slope is None:
+        return None
+    shift = pa - pb
+    return _z(difference - slope[0] * shift, math.hypot(se, shift * slope[1]))
 
 
 def calibration_sentence(pairs: list[RepeatPair]) -> str | None:
@@ -235,9 +274,8 @@ def calibration_sentence(pairs: list[RepeatPair]) -> str | None:
         return None
     beyond = [p for p in pairs if p.z > CALIBRATION_Z]
     median_z = statistics.median(p.z for p in pairs)
-    # For two honest estimates of one mean, z is |N(0,1)|: median 0.67, above 2.5 in 1.2%.
     verdict = ("the within-cell intervals agree with the repeat-to-repeat spread"
-               if len(beyond) <= max(1, round(0.05 * len(pairs))) and median_z < 1.2 else
+               if _honest([p.z for p in pairs]) else
                "the within-cell intervals understate the repeat-to-repeat spread: trust the "
                "intervals across repeats, not a single cell's")
     sentence = (f"Calibration: of {len(pairs)} pairs of repeats of the same cell, "
@@ -245,13 +283,32 @@ def calibration_sentence(pairs: list[RepeatPair]) -> str | None:
                 f"apart (median z {median_z:.2f}; for honest intervals about 1% and 0.67): "
                 f"{verdict}.")
     changes = [p.machine_change for p in pairs if p.machine_change is not None]
+    probed = all(all(p.probe_ms) for p in pairs)
     if changes:
         apart = [c for p in beyond if (c := p.machine_change) is not None]
-        sentence += (f" The machine's CPU loop, timed before each cell, differed between "
+        how = ("The machine's speed during each cell (a CPU probe ten times a second)" if probed
+               else "The machine's CPU loop, timed before each cell,")
+        sentence += (f" {how} differed between "
                      f"the two repeats by a median of {100 * statistics.median(changes):.0f}%"
                      + (f" ({100 * statistics.median(apart):.0f}% in the pairs beyond "
                         f"{CALIBRATION_Z})" if apart else "")
                      + f", up to {100 * max(changes):.0f}%"
                      + (": a machine whose speed drifts moves the repeats apart by more "
                         "than any one cell can see." if apart else "."))
+    speed = [p.speed_z for p in pairs if p.speed_z is not None]
+    if speed and len(speed) == len(pairs):
+        beyond_speed = sum(z > CALIBRATION_Z for z in speed)
+        sentence += (f" Compared at the same machine speed (each cell's slope of throughput "
+                     f"on the probe), {beyond_speed} of {len(pairs)} pairs landed more than "
+                     f"{CALIBRATION_Z} apart (median z {statistics.median(speed):.2f})")
+        sentence += (": the cells' intervals hold for the machine they ran on, and its speed "
+                     "moved the repeats apart." if _honest(speed) and not _honest(
+                         [p.z for p in pairs]) else ".")
     return sentence
+
+
+def _honest(zs: list[float]) -> bool:
+    """z of pairs of honest estimates: |N(0,1)|, median 0.67, above 2.5 in 1.2% of pairs;
+    at most 5% (or one) of them beyond CALIBRATION_Z, and a median below 1.2."""
+    return (sum(z > CALIBRATION_Z for z in zs) <= max(1, round(0.05 * len(zs)))
+            and statistics.median(zs) < 1.2)
