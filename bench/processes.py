@@ -49,9 +49,10 @@ def run_to_end(command: Sequence[str], **kwargs: Any) -> subprocess.CompletedPro
     from here, and is waited for; then the interrupt goes on.
 
     A Ctrl-C that comes before the `try` below is noted and acted on inside it: raised
-    between Popen's return and the `try`, it left `with proc` waiting for a child that
-    never heard of it (tests/test_processes.py's Ctrl-C test hung so once, in CI on a
-    loaded machine). The child inherits none of this handler: exec resets it."""
+    between Popen's return and the `try`, it would leave `with proc` waiting for a child
+    that never heard of it. That window is the one way found for tests/test_processes.py's
+    Ctrl-C test to hang as it did once, in CI on a loaded machine. The child inherits none
+    of this handler: exec resets it."""
     interrupted: list[int] = []
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda signum, _frame: interrupted.append(signum)
