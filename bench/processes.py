@@ -13,7 +13,6 @@ import ctypes
 import os
 import signal
 import subprocess
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,30 +45,9 @@ def run_to_end(command: Sequence[str], **kwargs: Any) -> subprocess.CompletedPro
     harness has stopped its servers and PostgreSQL, which were left running. Here the
     child runs in a session of its own (a terminal's Ctrl-C reaches this script only, so
     the child gets one SIGINT, not a second one in the middle of its cleanup), gets SIGINT
-    from here, and is waited for; then the interrupt goes on.
-
-    A Ctrl-C that comes before the `try` below is noted and acted on inside it: raised
-    between Popen's return and the `try`, it would leave `with proc` waiting for a child
-    that never heard of it. That window is the one way found for tests/test_processes.py's
-    Ctrl-C test to hang as it did once, in CI on a loaded machine. The child inherits none
-    of this handler: exec resets it."""
-    interrupted: list[int] = []
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: interrupted.append(signum)
-                             ) if main_thread else None
-    previous = previous if previous is not None else signal.default_int_handler
-    try:
-        proc = subprocess.Popen(command, text=True, start_new_session=True, **kwargs)
-    except BaseException:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
-        raise
-    with proc:
+    from here, and is waited for; then the interrupt goes on."""
+    with subprocess.Popen(command, text=True, start_new_session=True, **kwargs) as proc:
         try:
-            if main_thread:
-                signal.signal(signal.SIGINT, previous)
-            if interrupted:
-                raise KeyboardInterrupt
             out, err = proc.communicate()
         except KeyboardInterrupt:
             with contextlib.suppress(ProcessLookupError):

@@ -166,8 +166,12 @@ except KeyboardInterrupt:
 
 def test_run_to_end_lets_the_run_clean_up_after_ctrl_c(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
+    # SIGINT as a terminal leaves it: a background job of a shell without job control
+    # (`cmd &` in a script, as CI may be started) inherits it ignored, and Python then
+    # installs no KeyboardInterrupt for it.
     script = subprocess.Popen([sys.executable, "-c", SCRIPT_RUNNING_A_CHILD, str(marker)],
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert script.stdout is not None
     assert script.stdout.readline().strip() == "ready"
     script.send_signal(signal.SIGINT)
