@@ -9,7 +9,7 @@ stats_history.csv and resources.csv. Definitions are in results/README.md.
 - p50/p95/p99: response times of the requests ending in the steady window.
 - in-flight requests (Little's law): the sum of the window's response times / its length.
 - the machine's speed during the window (resources.csv machine_probe_ms, bench/machine.py
-  probe_ms) and how the cell's throughput moved with it: the least-squares slope of
+  SpeedProbe) and how the cell's throughput moved with it: the least-squares slope of
   SPEED_BATCH_S batch rates on the batch's mean probe, with its standard error. That slope
   is the control variate of the simulation literature (Lavenberg & Welch 1981, "A
   perspective on the use of control variables to increase the efficiency of Monte Carlo
@@ -36,7 +36,7 @@ from bench.results import read_csv, to_float
 from bench.steady import SteadyState, analyse
 
 SATURATED_CPU_PCT = 90.0
-SPEED_BATCH_S = 2.0  # two probes (one a second) per batch of the speed regression
+SPEED_BATCH_S = 2.0  # two resources.csv rows (each the mean of ~10 probes) per batch
 SPEED_MIN_BATCHES = 6
 CI_METHOD = "batch means, lag-1 tested (LBATCH), after MSER-5 truncation"
 
@@ -107,8 +107,13 @@ def _mean(values: list[float]) -> float | None:
     return round(statistics.fmean(values), 1) if values else None
 
 
-def resource_metrics(path: Path, window_start_s: float) -> dict[str, Any]:
-    rows = [{k: to_float(v) for k, v in row.items()} for row in read_csv(path)]
+def resource_rows(path: Path) -> list[dict[str, float | None]]:
+    """resources.csv as numbers (read once per cell: resource_metrics and speed_metrics)."""
+    return [{k: to_float(v) for k, v in row.items()} for row in read_csv(path)]
+
+
+def resource_metrics(rows: list[dict[str, float | None]], window_start_s: float
+                     ) -> dict[str, Any]:
     if not rows:
         return {}
 
@@ -148,8 +153,8 @@ def resource_metrics(path: Path, window_start_s: float) -> dict[str, Any]:
     }
 
 
-def speed_metrics(success_times_s: np.ndarray, resources: Path, start_s: float, end_s: float
-                  ) -> dict[str, Any]:
+def speed_metrics(success_times_s: np.ndarray, rows: list[dict[str, float | None]],
+                  start_s: float, end_s: float) -> dict[str, Any]:
     """The machine's speed over [start_s, end_s) and the throughput's slope on it.
 
     machine_probe_ms: the mean probe (ms of thread CPU time for a fixed loop; higher is a
@@ -158,9 +163,9 @@ def speed_metrics(success_times_s: np.ndarray, resources: Path, start_s: float, 
     standard error; None with fewer than SPEED_MIN_BATCHES batches or no spread in speed.
     resources.csv's t_s counts from the sampler's start, just after the load's.
     """
-    probes = [(t, v) for row in read_csv(resources)
-              if (t := to_float(row.get("t_s"))) is not None
-              and (v := to_float(row.get("machine_probe_ms"))) is not None
+    probes = [(t, v) for row in rows
+              if (t := row.get("t_s")) is not None
+              and (v := row.get("machine_probe_ms")) is not None
               and start_s <= t < end_s]
     if not probes:
         return {}
@@ -173,16 +178,14 @@ def speed_metrics(success_times_s: np.ndarray, resources: Path, start_s: float, 
     if batches < SPEED_MIN_BATCHES:
         return metrics
     counts, _ = np.histogram(success_times_s, bins=edges)
-    which = np.digitize(t_probe, edges) - 1
-    x, y = [], []
-    for i in range(batches):
-        in_batch = v_probe[which == i]
-        if len(in_batch):
-            x.append(float(in_batch.mean()))
-            y.append(counts[i] / SPEED_BATCH_S)
-    if len(x) < SPEED_MIN_BATCHES:
+    which = np.digitize(t_probe, edges) - 1  # past the last whole batch: index batches, cut
+    probed = np.bincount(which, minlength=batches)[:batches]
+    has = probed > 0
+    if int(has.sum()) < SPEED_MIN_BATCHES:
         return metrics
-    xs, ys = np.array(x), np.array(y)
+    xs = (np.bincount(which, weights=v_probe, minlength=batches)[:batches][has]
+          / probed[has])
+    ys = counts[has] / SPEED_BATCH_S
     sxx = float(np.sum((xs - xs.mean()) ** 2))
     if sxx <= 0:
         return metrics
@@ -237,13 +240,12 @@ def cell_metrics(cell_dir: Path, profile: Profile, end_s: float | None = None
                                "hold_s": round(max(end_s - profile.ramp_s, 0.0), 3)}
     metrics.update(response_metrics(responses, profile.ramp_s, end_s))
     metrics.update(history_metrics(cell_dir / "stats_history.csv"))
-    metrics.update(resource_metrics(cell_dir / "resources.csv",
-                                    metrics.get("warmup_s", profile.ramp_s)))
+    rows = resource_rows(cell_dir / "resources.csv")
+    window_start = metrics.get("warmup_s", profile.ramp_s)
+    metrics.update(resource_metrics(rows, window_start))
     if len(responses):
-        metrics.update(speed_metrics(
-            responses.success_times(), cell_dir / "resources.csv",
-            metrics.get("warmup_s", profile.ramp_s),
-            metrics.get("warmup_s", profile.ramp_s) + metrics.get("window_s", 0.0)))
+        metrics.update(speed_metrics(responses.success_times(), rows, window_start,
+                                     window_start + metrics.get("window_s", 0.0)))
     workers = load_worker_metrics(cell_dir / "load_workers.csv")
     if workers:
         metrics.update(workers)

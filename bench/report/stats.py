@@ -234,10 +234,10 @@ def repeat_pairs(cells: list[CellRecord]) -> list[RepeatPair]:
                     continue
                 se = math.hypot(sa, sb)
                 z = _z(va - vb, se)
-                pa, pb = a.metric("machine_probe_ms"), b.metric("machine_probe_ms")
+                probes = (a.metric("machine_probe_ms"), b.metric("machine_probe_ms"))
                 pairs.append(RepeatPair(column, route, latency, (a.repeat, b.repeat),
                                         (va, vb), z, (a.machine_loop_ms, b.machine_loop_ms),
-                                        (pa, pb), _speed_z(a, b, va - vb, se)))
+                                        probes, _speed_z([a, b], probes, va - vb, se)))
     return pairs
 
 
@@ -258,10 +258,12 @@ def pooled_slope(cells: list[CellRecord]) -> tuple[float, float] | None:
     return (slope / weights, math.sqrt(1 / weights)) if weights else None
 
 
-def _speed_z(a: CellRecord, b: CellRecord, difference: float, se: float) -> float | None:
-    """z of the difference once b is moved to a's machine speed along the pooled slope."""
-    pa, pb = a.metric("machine_probe_ms"), b.metric("machine_probe_ms")
-    slope = pooled_slope([a, b])
+def _speed_z(cells: list[CellRecord], probes: tuple[float | None, float | None],
+             difference: float, se: float) -> float | None:
+    """z of the difference once the second cell is moved to the first one's machine speed
+    along the pooled slope."""
+    pa, pb = probes
+    slope = pooled_slope(cells)
     if pa is None or pb is None or slope is None:
         return None
     shift = pa - pb
@@ -274,8 +276,9 @@ def calibration_sentence(pairs: list[RepeatPair]) -> str | None:
         return None
     beyond = [p for p in pairs if p.z > CALIBRATION_Z]
     median_z = statistics.median(p.z for p in pairs)
+    honest = _honest([p.z for p in pairs])
     verdict = ("the within-cell intervals agree with the repeat-to-repeat spread"
-               if _honest([p.z for p in pairs]) else
+               if honest else
                "the within-cell intervals understate the repeat-to-repeat spread: trust the "
                "intervals across repeats, not a single cell's")
     sentence = (f"Calibration: of {len(pairs)} pairs of repeats of the same cell, "
@@ -302,8 +305,7 @@ def calibration_sentence(pairs: list[RepeatPair]) -> str | None:
                      f"on the probe), {beyond_speed} of {len(pairs)} pairs landed more than "
                      f"{CALIBRATION_Z} apart (median z {statistics.median(speed):.2f})")
         sentence += (": the cells' intervals hold for the machine they ran on, and its speed "
-                     "moved the repeats apart." if _honest(speed) and not _honest(
-                         [p.z for p in pairs]) else ".")
+                     "moved the repeats apart." if _honest(speed) and not honest else ".")
     return sentence
 
 
