@@ -15,8 +15,15 @@ stats_history.csv and resources.csv. Definitions are in results/README.md.
   perspective on the use of control variables to increase the efficiency of Monte Carlo
   simulations"; Law, "Simulation Modeling and Analysis", ch. 11): the report uses it to
   compare two repeats at the same machine speed (bench/report/stats.py repeat_pairs).
-  Written here in closed form: one regressor, and statsmodels is a 40 MB
-  dependency for a slope and its standard error.
+  A batch's mean probe is itself a noisy measure of the batch's speed, and that noise
+  flattens the slope (regression dilution: Fuller, "Measurement Error Models", 1987,
+  section 1.1; Frost & Thompson, JRSS A 163, 2000). Each cell therefore also records
+  speed_sxx, the spread of its batch probes, and speed_reliability, the share of that
+  spread left once the probe's own noise (each batch's variance of its one-second
+  probes over their count) is taken out; the report divides the pooled slope by the
+  pooled share. Written here in closed form: one regressor, and statsmodels (no
+  measurement-error regression either) is a 40 MB dependency for a slope and its
+  standard error.
 """
 
 from __future__ import annotations
@@ -36,8 +43,13 @@ from bench.results import read_csv, to_float
 from bench.steady import SteadyState, analyse
 
 SATURATED_CPU_PCT = 90.0
-SPEED_BATCH_S = 2.0  # two resources.csv rows (each the mean of ~10 probes) per batch
-SPEED_MIN_BATCHES = 6
+# four resources.csv rows (each the mean of ~10 probes) per batch: enough rows to see the
+# probe's noise within a batch. Over 5 stored calibration runs (56 cells; 13 kinds whose
+# throughput moves with speed), the pooled within-cell slope, corrected, came out at a
+# median of 0.91x the slope between the repeats of the same kind (0.54-1.65x); the
+# uncorrected one at 0.58x (0.24-1.14x).
+SPEED_BATCH_S = 4.0
+SPEED_MIN_BATCHES = 4
 CI_METHOD = "batch means, lag-1 tested (LBATCH), after MSER-5 truncation"
 
 
@@ -161,6 +173,8 @@ def speed_metrics(success_times_s: np.ndarray, rows: list[dict[str, float | None
     slower machine). speed_slope: sRPS per ms of probe, from batches of SPEED_BATCH_S s
     (negative when a slower machine served fewer requests), and speed_slope_se its
     standard error; None with fewer than SPEED_MIN_BATCHES batches or no spread in speed.
+    speed_sxx: the batch probes' sum of squared deviations; speed_reliability: the share
+    of it that is not the probe's own noise (may be <= 0 where noise is all there is).
     resources.csv's t_s counts from the sampler's start, just after the load's.
     """
     probes = [(t, v) for row in rows
@@ -172,7 +186,8 @@ def speed_metrics(success_times_s: np.ndarray, rows: list[dict[str, float | None
     t_probe = np.array([t for t, _ in probes])
     v_probe = np.array([v for _, v in probes])
     metrics: dict[str, Any] = {"machine_probe_ms": round(float(v_probe.mean()), 3),
-                               "speed_slope": None, "speed_slope_se": None}
+                               "speed_slope": None, "speed_slope_se": None,
+                               "speed_sxx": None, "speed_reliability": None}
     batches = int((end_s - start_s) // SPEED_BATCH_S)
     edges = start_s + SPEED_BATCH_S * np.arange(batches + 1)
     if batches < SPEED_MIN_BATCHES:
@@ -180,11 +195,15 @@ def speed_metrics(success_times_s: np.ndarray, rows: list[dict[str, float | None
     counts, _ = np.histogram(success_times_s, bins=edges)
     which = np.digitize(t_probe, edges) - 1  # past the last whole batch: index batches, cut
     probed = np.bincount(which, minlength=batches)[:batches]
-    has = probed > 0
+    has = probed > 1  # a batch's noise needs two of its rows
     if int(has.sum()) < SPEED_MIN_BATCHES:
         return metrics
-    xs = (np.bincount(which, weights=v_probe, minlength=batches)[:batches][has]
-          / probed[has])
+    inside = which < batches
+    sums = np.bincount(which[inside], weights=v_probe[inside], minlength=batches)
+    squares = np.bincount(which[inside], weights=v_probe[inside] ** 2, minlength=batches)
+    n = probed[has]
+    xs = sums[has] / n
+    row_var = (squares[has] - n * xs ** 2) / (n - 1)
     ys = counts[has] / SPEED_BATCH_S
     sxx = float(np.sum((xs - xs.mean()) ** 2))
     if sxx <= 0:
@@ -192,7 +211,11 @@ def speed_metrics(success_times_s: np.ndarray, rows: list[dict[str, float | None
     slope = float(np.sum((xs - xs.mean()) * (ys - ys.mean()))) / sxx
     residuals = ys - ys.mean() - slope * (xs - xs.mean())
     se = math.sqrt(float(np.sum(residuals ** 2)) / (len(xs) - 2) / sxx)
-    metrics.update(speed_slope=round(slope, 4), speed_slope_se=round(se, 4))
+    # what the probe's noise adds to sxx on average: sum of the batch means' variances,
+    # less the share the grand mean takes out
+    noise = float(np.sum(np.maximum(row_var, 0.0) / n)) * (1 - 1 / len(xs))
+    metrics.update(speed_slope=round(slope, 4), speed_slope_se=round(se, 4),
+                   speed_sxx=round(sxx, 6), speed_reliability=round(1 - noise / sxx, 4))
     return metrics
 
 

@@ -66,6 +66,8 @@ class CellMetrics(TypedDict, total=False):
     machine_probe_ms: float  # the machine's speed during the window (bench/metrics.py)
     speed_slope: float | None  # sRPS per ms of probe
     speed_slope_se: float | None
+    speed_sxx: float | None  # the batch probes' spread, ms^2
+    speed_reliability: float | None  # the share of it that is not the probe's noise
     rss_per_in_flight_kib: float
     peak_pgbouncer_rss_mib: float | None
     peak_pgbouncer_clients: int | None

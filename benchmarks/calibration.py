@@ -12,7 +12,8 @@ repeat's steady sRPS, half-width, hold, why it stopped, the machine's CPU loop t
 just before it (cell.json machine_loop_ms) and the machine's speed during it (the probe,
 metrics machine_probe_ms), with the probe's change between the repeats of a pair and the
 pair's z at the same machine speed (speed z: the second repeat moved to the first one's
-probe along the cells' slope of throughput on it). Exits 1 unless every cell is ok and at
+probe along the cells' slope of throughput on it, corrected for the probe's own noise:
+bench/report/stats.py pooled_slope). Exits 1 unless every cell is ok and at
 least all but one pair have z <= 2.5 as measured.
 """
 

@@ -20,6 +20,7 @@ from bench.report.stats import (
     calibration_sentence,
     ci_too_wide,
     interaction,
+    pooled_slope,
     repeat_pairs,
     steady_estimate,
     t_interval,
@@ -331,7 +332,8 @@ def test_repeats_compared_at_the_same_machine_speed() -> None:
     assert "1 landed more than 2.5" in line and "a CPU probe ten times a second" in line
     assert "understate" in line  # as measured
     assert line.endswith("Compared at the same machine speed (each cell's slope of "
-                         "throughput on the probe), 0 of 1 pairs landed more than 2.5 apart "
+                         "throughput on the probe, corrected for the probe's noise), 0 of 1 "
+                         "pairs landed more than 2.5 apart "
                          "(median z 0.00): the cells' intervals hold for the machine they "
                          "ran on, and its speed moved the repeats apart."), line
     # A slope of -10 explains half of the gap: z of 10 over the combined se.
@@ -345,6 +347,39 @@ def test_repeats_compared_at_the_same_machine_speed() -> None:
     (pair,) = repeat_pairs(cells)
     assert pair.speed_z is None and "same machine speed" not in (
         calibration_sentence([pair]) or "")
+
+
+def test_the_pooled_slope_is_corrected_for_the_probes_noise() -> None:
+    """Throughput falls 20 sRPS per ms of true speed; the probe reads the speed with noise
+    as large as the speed's own spread. Least squares on the probe finds about half the
+    slope (regression dilution); the pooled slope, corrected by the cells' reliability,
+    finds it. Without the cells' speed_sxx the old, uncorrected pooling is kept."""
+    import numpy as np
+
+    from bench.metrics import SPEED_BATCH_S, speed_metrics
+
+    rng = np.random.default_rng(5)
+    batch = int(SPEED_BATCH_S)
+    cells = []
+    for repeat in range(1, 21):
+        speed = rng.normal(3.5, 0.3, 15)  # a true speed per batch: 15 batches, 60 s
+        times, rows = [], []
+        for k, s in enumerate(speed):
+            count = rng.poisson((100 - 20 * (s - 3.5)) * batch)
+            times.extend(k * batch + rng.uniform(0, batch, count))
+            rows.extend({"t_s": k * batch + i + 0.5,
+                         "machine_probe_ms": s + rng.normal(0, 0.6)} for i in range(batch))
+        cell = ok_cell(100.0, [99.0, 101.0], repeat=repeat)
+        cell.metrics.update(speed_metrics(np.sort(np.array(times)), rows, 0.0, 60.0))
+        cells.append(cell)
+    reliability = [c.metric("speed_reliability") for c in cells]
+    assert 0.2 < float(np.median(reliability)) < 0.8, reliability
+    corrected, se = pooled_slope(cells) or (0.0, 0.0)
+    assert abs(corrected - -20.0) < 3 * se and se < 6, (corrected, se)
+    for cell in cells:
+        del cell.metrics["speed_sxx"]
+    uncorrected, _ = pooled_slope(cells) or (0.0, 0.0)
+    assert -15.0 < uncorrected < -5.0, uncorrected  # diluted to about -20 * 0.5
 
 
 def test_ci_from_repeats_is_student_t_on_the_repeats() -> None:

@@ -181,8 +181,9 @@ class RepeatPair:
 
     `z` compares the two figures as measured. `speed_z` compares them at the same machine
     speed: the second repeat moved to the first one's probe along the cells' own slope of
-    throughput on speed (bench/metrics.py speed_metrics, a control variate), whose
-    standard error is added to the combined one. None where a cell has no probe or slope.
+    throughput on speed (bench/metrics.py speed_metrics, a control variate, corrected for
+    the probe's noise by pooled_slope), whose standard error is added to the combined
+    one. None where a cell has no probe or slope.
     """
 
     column: str
@@ -245,17 +246,43 @@ def _z(difference: float, se: float) -> float:
     return abs(difference) / se if se > 0 else (0.0 if difference == 0 else math.inf)
 
 
+# The pooled reliability below which the slope is not corrected further: the probe's noise
+# would then be most of its spread, and dividing by it would make the slope up.
+MIN_RELIABILITY = 0.25
+
+
 def pooled_slope(cells: list[CellRecord]) -> tuple[float, float] | None:
-    """The cells' slopes of sRPS on machine speed, pooled by inverse variance, with the
-    pooled standard error; None where no cell has one."""
+    """The cells' slopes of sRPS on machine speed, pooled, with the pooled standard error;
+    None where no cell has one.
+
+    Where every such cell has its speed_sxx and speed_reliability (bench/metrics.py
+    speed_metrics), the slope is corrected for the probe's own noise (regression
+    dilution): sum(slope * sxx) / sum(reliability * sxx), the pooled reliability held at
+    MIN_RELIABILITY or above, and the standard error divided by the same share. Cells
+    recorded before those fields: pooled by inverse variance, uncorrected."""
     weights = slope = 0.0
+    covariance = spread = kept = 0.0
+    corrected = True
     for cell in cells:
         value, se = cell.metric("speed_slope"), cell.metric("speed_slope_se")
         if value is None or not se:
             continue
         weights += 1 / se**2
         slope += value / se**2
-    return (slope / weights, math.sqrt(1 / weights)) if weights else None
+        sxx, reliability = cell.metric("speed_sxx"), cell.metric("speed_reliability")
+        if sxx is None or reliability is None:
+            corrected = False
+            continue
+        covariance += value * sxx
+        spread += sxx
+        kept += reliability * sxx
+    if not weights:
+        return None
+    pooled, se = slope / weights, math.sqrt(1 / weights)
+    if not corrected or spread <= 0:
+        return pooled, se
+    share = max(kept / spread, MIN_RELIABILITY)
+    return covariance / spread / share, se / share
 
 
 def _speed_z(cells: list[CellRecord], probes: tuple[float | None, float | None],
@@ -302,8 +329,9 @@ def calibration_sentence(pairs: list[RepeatPair]) -> str | None:
     if speed and len(speed) == len(pairs):
         beyond_speed = sum(z > CALIBRATION_Z for z in speed)
         sentence += (f" Compared at the same machine speed (each cell's slope of throughput "
-                     f"on the probe), {beyond_speed} of {len(pairs)} pairs landed more than "
-                     f"{CALIBRATION_Z} apart (median z {statistics.median(speed):.2f})")
+                     f"on the probe, corrected for the probe's noise), {beyond_speed} of "
+                     f"{len(pairs)} pairs landed more than {CALIBRATION_Z} apart "
+                     f"(median z {statistics.median(speed):.2f})")
         sentence += (": the cells' intervals hold for the machine they ran on, and its speed "
                      "moved the repeats apart." if _honest(speed) and not honest else ".")
     return sentence
