@@ -26,7 +26,9 @@ every repeat, so a drift of the machine does not favour one side), `--profile qu
 A run leaves the proxies out at 0 ms (bench/latency/proxy.py says why); here they are
 kept in (BENCH_PROXY_AT_ZERO=1), since their hop is what this measures.
 Prints each repeat's steady sRPS and the ratio proxy / none, and whether the two are within
-5% (the 95% interval of the ratio inside 0.95..1.05), apart, or too noisy to tell.
+5% (the 95% interval of the ratio inside 0.95..1.05), apart, or too noisy to tell; then
+the same at one machine speed (each cell moved to the cells' mean probe along their slope
+of throughput on it, as the report's calibration line compares repeats).
 """
 
 from __future__ import annotations
@@ -44,11 +46,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from bench.latency.proxy import AT_ZERO_ENV, ProxyProcess
 from bench.processes import run_to_end
+from bench.report.data import CellRecord, load_run
+from bench.report.stats import pooled_slope
 
 RTT_TARGET_MS = 0.5
 ACCURACY_TARGET = 0.05
@@ -168,9 +173,9 @@ def postgres_connections(count: int, proxy_cpus: list[int]) -> int:
     return 0
 
 
-def cell_srps(backend: str, variant: str, route: str, profile: str, out: Path) -> float:
-    """Steady sRPS of one `bench run` cell at 0 ms with this latency backend (the proxy's
-    hop kept in the path)."""
+def run_cell(backend: str, variant: str, route: str, profile: str, out: Path) -> CellRecord:
+    """One `bench run` cell at 0 ms with this latency backend (the proxy's hop kept in the
+    path), ok and with its steady sRPS."""
     command = [sys.executable, "-m", "bench", "run", "--variants", variant, "--routes", route,
                "--latencies", "0", "--profile", profile, "--latency-backend", backend,
                "--out", str(out), "--no-report"]
@@ -181,36 +186,65 @@ def cell_srps(backend: str, variant: str, route: str, profile: str, out: Path) -
     if not cells:
         raise SystemExit(f"{' '.join(command)} wrote no cell.json (exit {done.returncode}):\n"
                          f"{(done.stderr or done.stdout)[-800:]}")
-    record = json.loads(cells[0].read_text())
-    srps = (record.get("metrics") or {}).get("steady_srps")
-    if record.get("status") != "ok" or srps is None:
-        raise SystemExit(f"{cells[0]}: status {record.get('status')}, "
-                         f"reason {record.get('reason')}")
-    return float(srps)
+    (cell,) = load_run(out).cells
+    if cell.status != "ok" or cell.metric("steady_srps") is None:
+        raise SystemExit(f"{cells[0]}: status {cell.status}, reason {cell.reason}")
+    return cell
+
+
+def at_one_speed(cells: list[CellRecord]) -> list[float] | None:
+    """Each cell's steady sRPS moved to the cells' mean machine speed along their pooled
+    slope of throughput on it (corrected for the probe's noise: bench/report/stats.py
+    pooled_slope); None without a probe or a slope."""
+    probes = [cell.metric("machine_probe_ms") for cell in cells]
+    slope = pooled_slope(cells)
+    if slope is None or any(p is None for p in probes):
+        return None
+    reference = statistics.mean(p for p in probes if p is not None)
+    return [float(cell.metric("steady_srps") or 0.0) - slope[0] * (float(p or 0.0) - reference)
+            for cell, p in zip(cells, probes, strict=True)]
+
+
+def verdict_of(low: float, high: float) -> str:
+    band = (1 - END_TO_END_TARGET, 1 + END_TO_END_TARGET)
+    if band[0] <= low and high <= band[1]:
+        return f"within {END_TO_END_TARGET:.0%}"
+    if high < band[0] or low > band[1]:
+        return f"apart by more than {END_TO_END_TARGET:.0%}"
+    return "cannot tell at this noise: more repeats, or a quieter machine"
 
 
 def end_to_end(repeats: int, variant: str, route: str, profile: str) -> int:
     srps: dict[str, list[float]] = {"proxy": [], "none": []}
+    cells: dict[str, list[CellRecord]] = {"proxy": [], "none": []}
     with tempfile.TemporaryDirectory(prefix="proxy-e2e-") as tmp:
         for repeat in range(repeats):
             order = ("proxy", "none") if repeat % 2 == 0 else ("none", "proxy")
             for backend in order:
-                value = cell_srps(backend, variant, route, profile,
-                                  Path(tmp) / f"r{repeat + 1}-{backend}")
-                srps[backend].append(value)
+                cell = run_cell(backend, variant, route, profile,
+                                Path(tmp) / f"r{repeat + 1}-{backend}")
+                cells[backend].append(cell)
+                srps[backend].append(float(cell.metric("steady_srps") or 0.0))
             ratio = srps["proxy"][-1] / srps["none"][-1]
+            probes = [c[-1].metric("machine_probe_ms") for c in (cells["proxy"], cells["none"])]
             print(f"repeat {repeat + 1} ({order[0]} first): proxy {srps['proxy'][-1]:.1f}, "
-                  f"none {srps['none'][-1]:.1f} steady sRPS, ratio {ratio:.3f}", flush=True)
+                  f"none {srps['none'][-1]:.1f} steady sRPS, ratio {ratio:.3f} "
+                  f"(machine probe {probes[0]} vs {probes[1]} ms)", flush=True)
     ratios = [p / n for p, n in zip(srps["proxy"], srps["none"], strict=True)]
     overall = statistics.mean(srps["proxy"]) / statistics.mean(srps["none"])
     low, high = ratio_interval(ratios)
-    band = (1 - END_TO_END_TARGET, 1 + END_TO_END_TARGET)
-    if band[0] <= low and high <= band[1]:
-        verdict = f"within {END_TO_END_TARGET:.0%}"
-    elif high < band[0] or low > band[1]:
-        verdict = f"apart by more than {END_TO_END_TARGET:.0%}"
-    else:
-        verdict = "cannot tell at this noise: more repeats, or a quieter machine"
+    verdict = verdict_of(low, high)
+    # The machine's speed moves between cells (a run's cells differ by up to 28% at one
+    # setting, bench/report/stats.py): compared at one speed, the same pairs.
+    adjusted = at_one_speed(cells["proxy"] + cells["none"])
+    speed: dict[str, Any] = {}
+    if adjusted is not None:
+        speed_ratios = [p / n for p, n in zip(adjusted[:repeats], adjusted[repeats:],
+                                              strict=True)]
+        speed_low, speed_high = ratio_interval(speed_ratios)
+        speed = {"ratios": [round(r, 4) for r in speed_ratios],
+                 "ratio_interval95": [round(speed_low, 4), round(speed_high, 4)],
+                 "verdict": verdict_of(speed_low, speed_high)}
     print(f"{variant} {route}/ 0 ms, profile {profile}, {repeats} repeats: "
           f"proxy {statistics.mean(srps['proxy']):.1f}, none {statistics.mean(srps['none']):.1f} "
           f"steady sRPS (means); ratio of means {overall:.3f}; per-repeat ratios "
@@ -220,7 +254,13 @@ def end_to_end(repeats: int, variant: str, route: str, profile: str) -> int:
                       "proxy_srps": srps["proxy"], "none_srps": srps["none"],
                       "ratios": [round(r, 4) for r in ratios],
                       "ratio_of_means": round(overall, 4),
-                      "ratio_interval95": [round(low, 4), round(high, 4)], "verdict": verdict}))
+                      "ratio_interval95": [round(low, 4), round(high, 4)], "verdict": verdict,
+                      "at_one_speed": speed or None}))
+    if speed:
+        print(f"at one machine speed (each cell moved to the cells' mean probe along their "
+              f"pooled slope, corrected for the probe's noise): per-repeat ratios "
+              f"{min(speed['ratios']):.3f}..{max(speed['ratios']):.3f}, their geometric "
+              f"mean's 95% interval {speed_low:.3f}..{speed_high:.3f}: {speed['verdict']}")
     return 1 if verdict.startswith("apart") else 0
 
 
