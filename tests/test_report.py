@@ -382,6 +382,33 @@ def test_the_pooled_slope_is_corrected_for_the_probes_noise() -> None:
     assert -15.0 < uncorrected < -5.0, uncorrected  # diluted to about -20 * 0.5
 
 
+def test_proxy_overhead_compares_at_one_machine_speed() -> None:
+    """benchmarks/proxy_overhead.py --end-to-end: a proxy cell on a machine 1 ms of probe
+    faster than its none cell, where the cells lose 20 sRPS per ms, is 100 vs 80 as
+    measured and 90 vs 90 at their mean speed."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "proxy_overhead.py"
+    spec = importlib.util.spec_from_file_location("proxy_overhead", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cells = [ok_cell(v, [v - 2, v + 2], repeat=r) for r, v in ((1, 100.0), (2, 80.0))]
+    for cell, probe in zip(cells, (3.0, 4.0), strict=True):
+        cell.metrics.update(machine_probe_ms=probe, speed_slope=-20.0, speed_slope_se=1.0,
+                            speed_sxx=1.0, speed_reliability=0.5)
+    # reliability 0.5 doubles the slope to -40 per ms: half a ms each way swaps them
+    assert module.at_one_speed(cells) == pytest.approx([80.0, 100.0])
+    for cell in cells:
+        cell.metrics["speed_reliability"] = 1.0
+    assert module.at_one_speed(cells) == pytest.approx([90.0, 90.0])
+    del cells[0].metrics["machine_probe_ms"]
+    assert module.at_one_speed(cells) is None
+    assert module.verdict_of(0.96, 1.03) == "within 5%"
+    assert module.verdict_of(0.80, 0.94) == "apart by more than 5%"
+    assert module.verdict_of(0.90, 1.01).startswith("cannot tell")
+
+
 def test_ci_from_repeats_is_student_t_on_the_repeats() -> None:
     values = [10.0, 12.0, 14.0]  # mean 12, sd 2
     half = T_975_DF2 * 2 / math.sqrt(3)
