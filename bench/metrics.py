@@ -43,13 +43,13 @@ from bench.results import read_csv, to_float
 from bench.steady import SteadyState, analyse
 
 SATURATED_CPU_PCT = 90.0
-# four resources.csv rows (each the mean of ~10 probes) per batch: enough rows to see the
-# probe's noise within a batch. Over 5 stored calibration runs (56 cells; 13 kinds whose
-# throughput moves with speed), the pooled within-cell slope, corrected, came out at a
-# median of 0.91x the slope between the repeats of the same kind (0.54-1.65x); the
-# uncorrected one at 0.58x (0.24-1.14x).
-SPEED_BATCH_S = 4.0
-SPEED_MIN_BATCHES = 4
+# two resources.csv rows (each the mean of ~10 probes) per batch, so that a quick
+# profile's 12-14 s window still has a slope. Over 6 stored calibration runs (68 cells; 15
+# kinds whose throughput moves with speed), the pooled within-cell slope, corrected, came
+# out at a median of 1.15x the slope between the repeats of the same kind (0.32-1.80x),
+# uncorrected at 0.56x (0.06-1.25x); with 4-s batches, 0.99x and 0.58x.
+SPEED_BATCH_S = 2.0
+SPEED_MIN_BATCHES = 6
 CI_METHOD = "batch means, lag-1 tested (LBATCH), after MSER-5 truncation"
 
 
