@@ -193,14 +193,15 @@ def speed_metrics(success_times_s: np.ndarray, rows: list[dict[str, float | None
     if batches < SPEED_MIN_BATCHES:
         return metrics
     counts, _ = np.histogram(success_times_s, bins=edges)
-    which = np.digitize(t_probe, edges) - 1  # past the last whole batch: index batches, cut
-    probed = np.bincount(which, minlength=batches)[:batches]
+    which = np.digitize(t_probe, edges) - 1
+    inside = which < batches  # the probes past the last whole batch are left out
+    which, v_batch = which[inside], v_probe[inside]
+    probed = np.bincount(which, minlength=batches)
     has = probed > 1  # a batch's noise needs two of its rows
     if int(has.sum()) < SPEED_MIN_BATCHES:
         return metrics
-    inside = which < batches
-    sums = np.bincount(which[inside], weights=v_probe[inside], minlength=batches)
-    squares = np.bincount(which[inside], weights=v_probe[inside] ** 2, minlength=batches)
+    sums = np.bincount(which, weights=v_batch, minlength=batches)
+    squares = np.bincount(which, weights=v_batch ** 2, minlength=batches)
     n = probed[has]
     xs = sums[has] / n
     row_var = (squares[has] - n * xs ** 2) / (n - 1)
