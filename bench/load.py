@@ -41,7 +41,8 @@ PROFILE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "description": (str, False), "users": (int, True), "spawn_rate": ((int, float), True),
     "min_hold_s": ((int, float), True), "max_hold_s": ((int, float), True),
     "precision": ((int, float), True), "timeout_s": ((int, float), True),
-    "cpu_ms": ((int, float), False)}
+    "cpu_ms": ((int, float), False), "cpu_users": (int, False),
+    "cpu_spawn_rate": ((int, float), False)}
 LOCUST_FILES = {"stats.csv": "locust_stats.csv", "stats_history.csv": "locust_stats_history.csv",
                 "failures.csv": "locust_failures.csv", "exceptions.csv": "locust_exceptions.csv"}
 WORKERS_HEADER = ("unix_s", "worker", "address", "cpu_pct", "rows")
@@ -76,6 +77,8 @@ class Profile:
     timeout_s: float  # a slower request fails as "timeout"
     description: str = ""
     cpu_ms: float | None = None  # what a cpu/ request costs (None: the study's 10^7 loop)
+    cpu_users: int | None = None  # users on the cpu/ route (None: `users`); see for_route
+    cpu_spawn_rate: float | None = None  # their spawn rate (None: `spawn_rate`)
 
     @property
     def ramp_s(self) -> float:
@@ -84,6 +87,25 @@ class Profile:
     @property
     def max_duration_s(self) -> float:
         return self.ramp_s + self.max_hold_s
+
+    def for_route(self, route: str) -> Profile:
+        """The shape a cell of `route` runs: on cpu/, `cpu_users` users started at
+        `cpu_spawn_rate` where the profile has them.
+
+        A saturated server answers N users in N / throughput seconds (Little's law): 200
+        users of a 0.67-s request wait 134 s for an answer wherever the server takes them
+        in turns (threads, or an event loop), so a 14-s hold saw no request end. A few
+        users keep the server as busy, and are answered within seconds. Started together,
+        they stay in step (each answer came in a burst of N, every N x 0.67 s), so they
+        are started one request's cost apart."""
+        if route != "cpu":
+            return self
+        shaped = self
+        if self.cpu_users is not None:
+            shaped = replace(shaped, users=self.cpu_users)
+        if self.cpu_spawn_rate is not None:
+            shaped = replace(shaped, spawn_rate=self.cpu_spawn_rate)
+        return shaped
 
     def with_precision(self, precision: float | None) -> Profile:
         return self if precision is None else replace(self, precision=precision)
@@ -157,7 +179,7 @@ class LocustRun:
             raise LoadError(f"unknown route {route!r} (valid: {', '.join(USER_CLASSES)})")
         self.url = url
         self.route = route
-        self.profile = profile
+        self.profile = profile.for_route(route)
         self.out_dir = out_dir
         self.work_dir = out_dir / ".locust"
         self.processes = processes

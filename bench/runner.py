@@ -642,7 +642,7 @@ class Runner:
             record.reason = f"{type(exc).__name__}: {exc}"
         finally:
             if not record.metrics:
-                record.metrics = _safe_metrics(cell_dir, self.profile)
+                record.metrics = _safe_metrics(cell_dir, self.profile.for_route(cell.route))
             workers = record.metrics.get("load_workers")
             if self.config.load_workers or workers:
                 record.load_workers = len(workers or [])
@@ -778,7 +778,7 @@ class Runner:
             load.stop()
             load_s = phases.mark("load")
             record.reason = reason
-            record.metrics = cell_metrics(cell_dir, self.profile, end_s)
+            record.metrics = cell_metrics(cell_dir, self.profile.for_route(cell.route), end_s)
             if record.reason is None:
                 empty = empty_load_reason(record.metrics)
                 if empty:
@@ -792,7 +792,7 @@ class Runner:
         """Hold the load until the steady sRPS is precise enough or the maximum hold has
         passed; (why the cell failed or None, when the load was stopped in s since its
         start, None if it ended by itself)."""
-        profile = self.profile
+        profile = self.profile.for_route(record.route)
         log = RequestLog(load.live_dir, fallback_start=load.started_at)
         deadline = time.monotonic() + profile.max_duration_s + profile.timeout_s + 60 + (
             WORKER_WAIT_S if self.config.load_workers else 0)

@@ -8,6 +8,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -38,10 +39,26 @@ def test_shipped_profiles() -> None:
     # The study's exact shape: 0 to 500 users at 5/s, 180 s in all, no early stop, its loop.
     assert (study.users, study.spawn_rate, study.max_duration_s) == (500, 5, 180)
     assert study.precision == 0 and study.min_hold_s == study.max_hold_s
-    assert study.cpu_ms is None
+    assert study.cpu_ms is None and study.cpu_users is None  # 500 users on cpu/ as well
+    assert study.for_route("cpu") == study
     quick = load_profile("quick")
     assert quick.precision == 0.05 and quick.cpu_ms == 670
     assert quick.min_hold_s < quick.max_hold_s
+    # Few users on cpu/, so a request's wait (users x 0.67 s) fits well inside the hold.
+    assert quick.cpu_users is not None
+    assert quick.cpu_users * quick.cpu_ms / 1000 <= quick.min_hold_s / 2
+
+
+def test_cpu_users_shape_only_the_cpu_route() -> None:
+    profile = parse_profile("p", {**GOOD, "cpu_users": 2})
+    cpu = profile.for_route("cpu")
+    assert (cpu.users, cpu.spawn_rate, cpu.ramp_s) == (2, 10, 0.2)
+    assert cpu.for_route("cpu") == cpu
+    staggered = parse_profile("p", {**GOOD, "cpu_users": 3, "cpu_spawn_rate": 1.5})
+    assert (staggered.for_route("cpu").ramp_s, staggered.for_route("io_read").ramp_s) == (2, 1)
+    for route in ("io_read", "io_create"):
+        assert profile.for_route(route) == profile
+        assert profile.for_route(route).users == 10
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -53,6 +70,9 @@ def test_shipped_profiles() -> None:
     ({"burst": 1}, "unknown key 'burst'"),
     ({"timeout_s": None}, "'timeout_s' is missing"),
     ({"cpu_ms": 0}, "'cpu_ms' must be a positive number"),
+    ({"cpu_users": 0}, "'cpu_users' must be a positive number"),
+    ({"cpu_users": 2.5}, "'cpu_users' must be a positive number"),
+    ({"cpu_spawn_rate": -1}, "'cpu_spawn_rate' must be a positive number"),
 ])
 def test_bad_profiles_are_named(change: dict[str, object], message: str) -> None:
     table = {**GOOD, **change}
@@ -125,6 +145,18 @@ def test_locust_run_writes_the_cell_files(tiny_server: str, tmp_path: Path,
     # times are relative to the load's start; the shape's backstop ends it
     assert 0 <= min(float(r["t_s"]) for r in rows)
     assert max(float(r["t_s"]) for r in rows) < SHORT.max_duration_s + 5
+
+
+def test_the_cpu_route_runs_the_profiles_cpu_users(tiny_server: str, tmp_path: Path) -> None:
+    profile = replace(SHORT, cpu_users=2)
+    run = LocustRun(tiny_server, "cpu", profile, tmp_path)
+    assert run.profile.users == 2 and json.loads(run.profile_json())["users"] == 2
+    run.start()
+    assert run.wait(timeout=60) == 0
+    with (tmp_path / "stats_history.csv").open() as handle:
+        counts = {int(r["User Count"]) for r in csv.DictReader(handle)}
+    assert max(counts) == 2  # Locust ran 2 users, not SHORT's 4
+    assert cell_metrics(tmp_path, run.profile)["hold_users"] == 2
 
 
 def test_failures_are_named_by_kind(tiny_server: str, tmp_path: Path) -> None:

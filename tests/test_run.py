@@ -96,7 +96,10 @@ def test_a_server_dying_mid_cell_fails_that_cell_and_the_run_goes_on(tmp_path: P
     dying = cell(out, "a_dying__cpu__0ms__r1")
     assert dying["status"] == "failed"
     assert "server exited with code" in dying["reason"]
-    assert cell(out, "sync_gunicorn__cpu__0ms__r1")["status"] == "ok"
+    survivor = cell(out, "sync_gunicorn__cpu__0ms__r1")
+    assert survivor["status"] == "ok"
+    # cpu/ runs the profile's cpu_users (smoke: 4 of its 150), started at cpu_spawn_rate
+    assert survivor["metrics"]["hold_users"] == 4 and survivor["metrics"]["ramp_s"] == 0.4
 
 
 def descendants(pid: int) -> list[psutil.Process]:
