@@ -1,4 +1,6 @@
-"""Verify before measuring: every route must answer correctly before load starts.
+"""Verify before measuring: a cell's route must answer correctly before load starts
+(the runner checks the cell's own route, and io_read/ beside io_create/;
+tests/test_app_variants.py checks all three on every variant).
 
 As TechEmpower checks responses before it counts them, a cell whose server answers
 wrongly is failed, never reported as a slow success.

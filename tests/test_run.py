@@ -100,6 +100,7 @@ def test_a_server_dying_mid_cell_fails_that_cell_and_the_run_goes_on(tmp_path: P
     assert survivor["status"] == "ok"
     # cpu/ runs the profile's cpu_users (smoke: 4 of its 150), started at cpu_spawn_rate
     assert survivor["metrics"]["hold_users"] == 4 and survivor["metrics"]["ramp_s"] == 0.4
+    assert set(survivor["verification_ms"]) == {"cpu"}  # the cell's own route only
 
 
 def descendants(pid: int) -> list[psutil.Process]:
