@@ -97,7 +97,8 @@ class Profile:
         in turns (threads, or an event loop), so a 14-s hold saw no request end. A few
         users keep the server as busy, and are answered within seconds. Started together,
         they stay in step (each answer came in a burst of N, every N x 0.67 s), so they
-        are started one request's cost apart."""
+        are started one request's cost apart; that breaks the step for threads, while an
+        event loop still answers the requests of one round at once."""
         if route != "cpu":
             return self
         shaped = self

@@ -757,8 +757,8 @@ class Runner:
         phases = _Phases(record)
         with contextlib.ExitStack() as stack:
             deployment = self.open_deployment(cell, cell_dir, stack, phases)
-            # The cell's own route: a cpu/ check (0.67 s on a core) in front of every I/O
-            # cell cost the default run about 40 s; each route is checked in its own cells.
+            # The cell's own route: checking all three (a 0.67-s cpu/ request in front of
+            # every I/O cell) cost a default run 35-55 s; each route is checked in its cells.
             record.verification_ms = verify_routes(
                 deployment.url, self.cpu_loop, None if self.config.target else self.template_rows,
                 timeout_s=max(60.0, self.profile.timeout_s), routes=(cell.route,))
