@@ -251,9 +251,9 @@ def empty_load_reason(metrics: Mapping[str, Any]) -> str | None:
 
     A server that stayed busy meanwhile was reached by the load, and each request took
     longer than the hold: 0 sRPS is the measurement (servers whose threads share one core
-    under cpu/ with 200 users, async_daphne's for one). A server that stayed idle,
-    or one whose CPU is not measured (--target), never saw the load (load workers that
-    joined the master but never ran users, for one): the cell failed."""
+    under cpu/ with 200 users, async_daphne's for one). A server that stayed idle, or one
+    whose CPU is not measured (--target), never saw the load (a firewall dropping the
+    users' packets, for one, so that no request ended within the hold): the cell failed."""
     if metrics.get("total_requests"):
         return None
     cpu = metrics.get("mean_server_cpu_pct")
@@ -795,7 +795,11 @@ class Runner:
         passed; (why the cell failed or None, when the load was stopped in s since its
         start, None if it ended by itself)."""
         profile = self.profile.for_route(record.route)
-        log = RequestLog(load.live_dir, fallback_start=load.started_at)
+        # The hold counts from the first start.<pid> marker, never from when Locust was
+        # launched: a master waits (up to WORKER_WAIT_S) for its workers before its test
+        # starts, and a hold counted from the launch could end, and touch the stop file,
+        # before any user ran (a worker that joined 12 s late got a cell with no request).
+        log = RequestLog(load.live_dir)
         deadline = time.monotonic() + profile.max_duration_s + profile.timeout_s + 60 + (
             WORKER_WAIT_S if self.config.load_workers else 0)
         looks_precise = 0

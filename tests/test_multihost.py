@@ -154,6 +154,35 @@ def test_load_from_two_hosts_and_a_worker_killed_mid_cell(tmp_path: Path) -> Non
     assert f"load worker {failed['reason'].split()[2]}" in stderr  # the run printed it
 
 
+def test_a_worker_that_joins_late_still_gets_the_whole_hold(tmp_path: Path) -> None:
+    """The cell's load worker joins 12 s after its master started, longer than the smoke
+    hold (8 s): the hold counts from when the worker's users start, not from the master's
+    start, so the cell runs its 8 s and records requests (it used to stop the test as
+    it began: no request, the server idle, the cell failed)."""
+    out = tmp_path / "run"
+    port = free_port("127.0.0.1")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", "--variants", "sync_gunicorn", "--routes",
+         "cpu", "--latencies", "0", "--profile", "smoke", "--latency-backend", "none",
+         "--load-workers", "1", "--master-bind", "127.0.0.1", "--master-port", str(port),
+         "--out", str(out), *SMALL], env=env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        live = out / "cells" / "sync_gunicorn__cpu__0ms__r1" / ".locust"
+        wait_until(live.is_dir, run)  # the master has started
+        time.sleep(12)
+        with load_worker(f"127.0.0.1:{port}"):
+            _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, stderr[-3000:]
+    record = cell(out, "sync_gunicorn__cpu__0ms__r1")
+    assert record["status"] == "ok", record["reason"]
+    assert record["metrics"]["window_s"] == 8.0 and record["metrics"]["total_requests"] > 0
+
+
 @contextlib.contextmanager
 def bench_serve(variant: str) -> Iterator[tuple[str, str, str]]:
     """`python -m bench serve VARIANT`: (URL, DSN of its PostgreSQL, its password);
