@@ -803,9 +803,14 @@ class Runner:
         deadline = time.monotonic() + profile.max_duration_s + profile.timeout_s + 60 + (
             WORKER_WAIT_S if self.config.load_workers else 0)
         looks_precise = 0
+        looked_at = -1.0
+        start: float | None = None
         while time.monotonic() < deadline:
+            # The last wait ends at the maximum hold itself, not up to POLL_S after it.
+            wait_s = POLL_S if start is None else \
+                min(POLL_S, max(0.0, start + profile.max_duration_s - time.time()))
             try:
-                code = load.wait(timeout=POLL_S)
+                code = load.wait(timeout=wait_s)
             except TimeoutError:
                 pass
             else:
@@ -821,13 +826,19 @@ class Runner:
             start = log.start()
             if start is None:
                 continue
-            elapsed = time.time() - start - LOG_MARGIN_S
-            if elapsed >= profile.max_duration_s:
+            since = time.time() - start
+            # No margin here: the window ends at max_duration_s, and every request that
+            # ended before it is in the log by the time Locust has exited.
+            if since >= profile.max_duration_s:
                 record.stopped_by = "max_hold"
                 load.request_stop()
                 return self._wait_stopped(load), profile.max_duration_s
+            elapsed = since - LOG_MARGIN_S
             if profile.precision > 0 and elapsed >= profile.ramp_s + profile.min_hold_s:
                 end_s = profile.ramp_s + BIN_S * int((elapsed - profile.ramp_s) / BIN_S)
+                if end_s == looked_at:
+                    continue  # a short last wait: the same bins again are not a new look
+                looked_at = end_s
                 state = analyse(log.responses().success_times(), profile.ramp_s, end_s)
                 precise = (state.window_s >= profile.min_hold_s
                            and state.precise(profile.precision))
