@@ -154,6 +154,17 @@ def test_load_from_two_hosts_and_a_worker_killed_mid_cell(tmp_path: Path) -> Non
     assert f"load worker {failed['reason'].split()[2]}" in stderr  # the run printed it
 
 
+def one_worker_run(out: Path, port: int) -> subprocess.Popen[str]:
+    """`bench run` of one smoke cpu/ cell whose master on 127.0.0.1:port waits for one
+    load worker."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", "--variants", "sync_gunicorn", "--routes",
+         "cpu", "--latencies", "0", "--profile", "smoke", "--latency-backend", "none",
+         "--load-workers", "1", "--master-bind", "127.0.0.1", "--master-port", str(port),
+         "--out", str(out), *SMALL], env=env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+
 def test_a_worker_that_joins_late_still_gets_the_whole_hold(tmp_path: Path) -> None:
     """The cell's load worker joins 12 s after its master started, longer than the smoke
     hold (8 s): the hold counts from when the worker's users start, not from the master's
@@ -161,12 +172,7 @@ def test_a_worker_that_joins_late_still_gets_the_whole_hold(tmp_path: Path) -> N
     it began: no request, the server idle, the cell failed)."""
     out = tmp_path / "run"
     port = free_port("127.0.0.1")
-    run = subprocess.Popen(
-        [sys.executable, "-m", "bench", "run", "--variants", "sync_gunicorn", "--routes",
-         "cpu", "--latencies", "0", "--profile", "smoke", "--latency-backend", "none",
-         "--load-workers", "1", "--master-bind", "127.0.0.1", "--master-port", str(port),
-         "--out", str(out), *SMALL], env=env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    run = one_worker_run(out, port)
     try:
         live = out / "cells" / "sync_gunicorn__cpu__0ms__r1" / ".locust"
         wait_until(live.is_dir, run)  # the master has started
@@ -261,12 +267,7 @@ def test_ctrl_c_mid_cell_ends_the_workers_run_and_load_worker_leaves_nothing(
     out = tmp_path / "run"
     port = free_port("127.0.0.1")
     with load_worker(f"127.0.0.1:{port}") as worker:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "bench", "run", "--variants", "sync_gunicorn", "--routes",
-             "cpu", "--latencies", "0", "--profile", "smoke", "--latency-backend", "none",
-             "--load-workers", "1", "--master-bind", "127.0.0.1", "--master-port", str(port),
-             "--out", str(out), *SMALL], env=env(), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+        run = one_worker_run(out, port)
         live = out / "cells" / "sync_gunicorn__cpu__0ms__r1" / ".locust"
         try:
             wait_until(lambda: (live / "responses.w0.csv").is_file(), run)
