@@ -373,8 +373,10 @@ def run_load_worker(host: str, port: int, say: Callable[[str], None] = print) ->
         runs += 1
         say(f"load worker: Locust run {runs} ended (exit code {code}); waiting for the "
             f"next cell's master at {host}:{port}")
-        # Long enough for the master that ended this run to be gone (about 1 s): a worker
-        # that greets a master on its way out can be acknowledged by it and then wait on
-        # it (Locust's worker times out only after a first heartbeat). The next cell's
-        # master starts seconds later, after its database and server.
+        # Long enough for the master that ended this run to be gone (about 1 s), so the
+        # next worker rarely greets a master on its way out; one that does is acknowledged
+        # and then left without a test, and quits after 10 s without an answer (the
+        # locustfile's _MasterWatch; Locust's own worker waits 60 s, or for ever before a
+        # first answer). The next cell's master starts seconds later, after its database
+        # and server.
         time.sleep(REJOIN_DELAY_S)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import random
 import socket
@@ -40,7 +41,7 @@ from typing import Any
 import gevent
 import psutil
 from locust import FastHttpUser, LoadTestShape, events, task
-from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
+from locust.runners import STATE_INIT, STATE_MISSING, MasterRunner, WorkerRunner
 
 PROFILE: dict[str, Any] = json.loads(os.environ.get("BENCH_PROFILE") or "{}")
 TIMEOUT_S = float(PROFILE.get("timeout_s", 60))
@@ -50,7 +51,9 @@ ALPHABET = string.ascii_letters + string.digits + " "
 SEND_INTERVAL_S = 1.0  # how often a worker sends its rows to the master
 FLUSH_WAIT_S = 5.0  # how long the master waits for the workers' last rows
 LOST_WORKER_EXIT_CODE = 3
+MASTER_GONE_EXIT_CODE = 4  # a worker whose master went away before its test (_MasterWatch)
 STOP_POLL_S = 0.05  # how often the stop file is looked for (_StopWatch)
+MASTER_SILENT_S = 10.0  # an idle worker quits after this long without the master (_MasterWatch)
 
 
 @events.init_command_line_parser.add_listener
@@ -363,10 +366,47 @@ class _Workers:
         self.handles = {}
 
 
+class _MasterWatch:
+    """A worker's side: quit when the master that acknowledged it has gone before giving it
+    a test, so that `bench load-worker` starts a new Locust for the next cell's master.
+
+    The master answers each of the worker's heartbeats (one a second). Locust's worker
+    gives up on a silent master only after 60 s, and never if the master left before its
+    first answer: a worker that greeted a master on its way out (the last cell's, as it
+    quit) then waited on it forever, and the next cell's master, on the same port, timed
+    out waiting for it (CI: repeat 3 of the two-host test, after repeat 2 failed)."""
+
+    def __init__(self) -> None:
+        self.heard_at = time.monotonic()
+
+    def start(self, runner: Any) -> None:
+        self.heard_at = time.monotonic()  # acknowledged: connect_to_master has returned
+        gevent.spawn(self._watch, runner)
+
+    def heard(self, **_: Any) -> None:
+        self.heard_at = time.monotonic()
+
+    def _watch(self, runner: Any) -> None:
+        # Once a test runs, the master watches its workers (a lost one ends the cell) and
+        # Locust's own 60-s timeout applies; this covers only the wait before a test.
+        while runner.worker_state == STATE_INIT:
+            silent = time.monotonic() - self.heard_at
+            if silent > MASTER_SILENT_S:
+                logging.getLogger(__name__).warning(
+                    "no answer from the master at %s:%s for %.0f s before any test: it has "
+                    "gone; quitting so that a new worker joins the next master",
+                    runner.master_host, runner.master_port, silent)
+                runner.environment.process_exit_code = MASTER_GONE_EXIT_CODE
+                runner.quit()
+                return
+            gevent.sleep(1.0)
+
+
 _responses = _Responses()
 _sender = _Sender()
 _workers = _Workers()
 _stop_watch = _StopWatch()
+_master_watch = _MasterWatch()
 events.test_start.add_listener(_stop_watch.start)
 events.test_start.add_listener(_responses.on_start)
 events.request.add_listener(_responses.on_request)
@@ -382,3 +422,5 @@ def _register(environment: Any, **_: Any) -> None:
         runner.register_message("bench_rows", _workers.on_rows)
     elif isinstance(runner, WorkerRunner):
         runner.register_message("bench_flush", lambda **kw: _sender.flush())
+        environment.events.heartbeat_received.add_listener(_master_watch.heard)
+        _master_watch.start(runner)

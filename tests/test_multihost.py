@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,6 +188,50 @@ def test_a_worker_that_joins_late_still_gets_the_whole_hold(tmp_path: Path) -> N
     record = cell(out, "sync_gunicorn__cpu__0ms__r1")
     assert record["status"] == "ok", record["reason"]
     assert record["metrics"]["window_s"] == 8.0 and record["metrics"]["total_requests"] > 0
+
+
+def test_a_worker_whose_master_vanished_joins_the_next_one(tmp_path: Path) -> None:
+    """A load worker joins a Locust master that is then killed (SIGKILL: no quit message)
+    before giving it a test. The worker's Locust quits within MASTER_SILENT_S (10 s) plus
+    a few, not after Locust's 60 s (or never, when the master left before its first
+    heartbeat's answer), and the next run's master on the same port gets it: its cell is
+    ok. CI's red run: repeat 3 of the two-host test waited 60 s for a worker stuck so."""
+    port = free_port("127.0.0.1")
+    master = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(repo_root() / "load" / "locustfile.py"),
+         "--master", "--headless", "--master-bind-host", "127.0.0.1", "--master-bind-port",
+         str(port), "--expect-workers", "2", "-u", "1", "-r", "1", "--loglevel", "INFO",
+         "CpuUser"], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        with load_worker(f"127.0.0.1:{port}") as worker:
+            assert master.stderr is not None and worker.stdout is not None
+            deadline = time.monotonic() + 60
+            while "1 workers connected" not in (line := master.stderr.readline()):
+                assert line and time.monotonic() < deadline, "the worker never joined"
+            master.kill()
+            master.wait()
+            killed = time.monotonic()
+            threading.Thread(target=lambda: [lines.append(line) for line in worker.stdout or []],
+                             daemon=True).start()
+            while not any("Locust run 1 ended" in line for line in lines):
+                assert time.monotonic() - killed < 45, f"the worker waited on: {lines}"
+                time.sleep(0.2)
+            left_after = time.monotonic() - killed
+            out = tmp_path / "run"
+            run = one_worker_run(out, port)
+            _, stderr = run.communicate(timeout=240)
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
+    print(f"the worker left {left_after:.1f} s after its master was killed: {lines}")
+    assert left_after < 20
+    assert any("exit code 4" in line for line in lines), lines
+    assert run.returncode == 0, stderr[-3000:]
+    record = cell(out, "sync_gunicorn__cpu__0ms__r1")
+    assert record["status"] == "ok", record["reason"]
+    assert record["load_workers"] == 1 and record["metrics"]["total_requests"] > 0
 
 
 @contextlib.contextmanager
