@@ -511,6 +511,10 @@ class DockerRunner(Runner):
             serve_children(int(container_state(engine, server)["Pid"])),
             int(container_state(engine, db)["Pid"]))
 
+    def launch_load(self, cell: Cell, cell_dir: Path, deployment: Deployment
+                    ) -> LoadRun | None:
+        return None  # the load container starts its test as it starts (DockerLoad.start)
+
     def start_load(self, cell: Cell, cell_dir: Path, deployment: Deployment) -> LoadRun:
         env = self.cell_env(cell, cell_dir)
         if self.config.load_workers:

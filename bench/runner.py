@@ -17,8 +17,10 @@ sweep combination that cannot run (`--conn-max-age 60` over Django's pool).
 
 Deployment hooks: `open_deployment` starts what a cell measures (locally: latency,
 PostgreSQL, PgBouncer, the server; with --target nothing: a deployment elsewhere, known by
-its URL and optionally its PostgreSQL's DSN) and `start_load` the load generator (Locust
-here, or a master for Locust workers on other hosts with --load-workers); Docker mode
+its URL and optionally its PostgreSQL's DSN), `launch_load` the load generator held at
+its gate while the server is verified (one local Locust process; None otherwise) and
+`start_load` the load generator (Locust here, or a master for Locust workers on other
+hosts with --load-workers) where nothing was launched; Docker mode
 (bench/docker.py) supplies its own, and the measuring loop (`_measure`) is shared.
 """
 
@@ -738,16 +740,27 @@ class Runner:
         return LocalDeployment(f"http://{client_host}:{client_port}", cluster.user, server,
                                cluster, session, pooler)
 
-    def start_load(self, cell: Cell, cell_dir: Path, deployment: Deployment) -> LoadRun:
+    def _locust(self, cell: Cell, cell_dir: Path, deployment: Deployment) -> LocustRun:
         cpus = None if self.config.target else self.place["other_cpus"]
-        locust: LocustRun
         if self.config.load_workers:
-            locust = MasterLocustRun(deployment.url, cell.route, self.profile, cell_dir,
-                                     self.config.load_workers, self.config.master_bind,
-                                     self.config.master_port, cpu_affinity=cpus)
-        else:
-            locust = LocustRun(deployment.url, cell.route, self.profile, cell_dir,
-                               processes=self.config.load_processes, cpu_affinity=cpus)
+            return MasterLocustRun(deployment.url, cell.route, self.profile, cell_dir,
+                                   self.config.load_workers, self.config.master_bind,
+                                   self.config.master_port, cpu_affinity=cpus)
+        return LocustRun(deployment.url, cell.route, self.profile, cell_dir,
+                         processes=self.config.load_processes, cpu_affinity=cpus)
+
+    def launch_load(self, cell: Cell, cell_dir: Path, deployment: Deployment
+                    ) -> LoadRun | None:
+        """The load generator launched but held at its gate (its start() opens it), so it
+        gets ready while the server is verified; None where it cannot wait at a gate."""
+        locust = self._locust(cell, cell_dir, deployment)
+        if not locust.can_launch_early:
+            return None
+        locust.launch()
+        return locust
+
+    def start_load(self, cell: Cell, cell_dir: Path, deployment: Deployment) -> LoadRun:
+        locust = self._locust(cell, cell_dir, deployment)
         locust.start()
         return locust
 
@@ -757,6 +770,10 @@ class Runner:
         phases = _Phases(record)
         with contextlib.ExitStack() as stack:
             deployment = self.open_deployment(cell, cell_dir, stack, phases)
+            # Locust's start-up (about 1.1 s) overlaps the verification: 80 s a default run.
+            early = self.launch_load(cell, cell_dir, deployment)
+            if early is not None:
+                stack.callback(early.stop)
             # The cell's own route: checking all three (a 0.67-s cpu/ request in front of
             # every I/O cell) cost a default run 35-55 s; each route is checked in its cells.
             record.verification_ms = verify_routes(
@@ -770,8 +787,12 @@ class Runner:
                 unmeasured=self.unmeasured_columns(),
                 db_connections=deployment.db_connections
                 if isinstance(deployment, TargetDeployment) else None)
-            load = self.start_load(cell, cell_dir, deployment)
-            stack.callback(load.stop)
+            if early is not None:
+                load = early
+                load.start()
+            else:
+                load = self.start_load(cell, cell_dir, deployment)
+                stack.callback(load.stop)
             sampler.start()
             try:
                 reason, end_s = self._hold(load, deployment.crashed, record)

@@ -7,6 +7,8 @@ Run by `bench/load.py` (headless, as a subprocess); configured by environment:
                        start.<pid> with the test's start time
   BENCH_STOP_FILE      when this file exists the shape ends the test (the harness stops the
                        load once the steady state is measured precisely enough)
+  BENCH_GO_FILE        (optional, one local process) the test starts when this file exists:
+                       Locust is launched, and imports, while the harness verifies the server
 One user class per route (CpuUser, IoReadUser, IoCreateUser), chosen on Locust's command
 line. No wait time: each user sends its next request as soon as the last one is answered.
 
@@ -47,6 +49,7 @@ PROFILE: dict[str, Any] = json.loads(os.environ.get("BENCH_PROFILE") or "{}")
 TIMEOUT_S = float(PROFILE.get("timeout_s", 60))
 RESPONSES_DIR = os.environ.get("BENCH_RESPONSES_DIR", "")
 STOP_FILE = os.environ.get("BENCH_STOP_FILE", "")
+GO_FILE = os.environ.get("BENCH_GO_FILE", "")
 ALPHABET = string.ascii_letters + string.digits + " "
 SEND_INTERVAL_S = 1.0  # how often a worker sends its rows to the master
 FLUSH_WAIT_S = 5.0  # how long the master waits for the workers' last rows
@@ -54,6 +57,7 @@ LOST_WORKER_EXIT_CODE = 3
 MASTER_GONE_EXIT_CODE = 4  # a worker whose master went away before its test (_MasterWatch)
 STOP_POLL_S = 0.05  # how often the stop file is looked for (_StopWatch)
 MASTER_SILENT_S = 10.0  # an idle worker quits after this long without the master (_MasterWatch)
+GATE_POLL_S = 0.02  # how often the go file is looked for (_register)
 
 
 @events.init_command_line_parser.add_listener
@@ -424,3 +428,8 @@ def _register(environment: Any, **_: Any) -> None:
         runner.register_message("bench_flush", lambda **kw: _sender.flush())
         environment.events.heartbeat_received.add_listener(_master_watch.heard)
         _master_watch.start(runner)
+    elif GO_FILE:
+        # Locust starts a headless test right after its init event: holding it here holds
+        # the test (and its start.<pid> marker) until the harness opens the gate.
+        while not os.path.exists(GO_FILE):
+            gevent.sleep(GATE_POLL_S)

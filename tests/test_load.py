@@ -12,6 +12,7 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bench.load import (
@@ -157,6 +158,39 @@ def test_the_cpu_route_runs_the_profiles_cpu_users(tiny_server: str, tmp_path: P
         counts = {int(r["User Count"]) for r in csv.DictReader(handle)}
     assert max(counts) == 2  # Locust ran 2 users, not SHORT's 4
     assert cell_metrics(tmp_path, run.profile)["hold_users"] == 2
+
+
+def test_a_launched_run_waits_at_its_gate_until_start(tiny_server: str,
+                                                      tmp_path: Path) -> None:
+    """launch() starts Locust but holds its test: no request and no start marker until
+    start() opens the gate (the runner verifies the server meanwhile); the test's start is
+    then the gate's opening. A launched run stopped at its gate leaves no file behind."""
+    run = LocustRun(tiny_server, "cpu", SHORT, tmp_path / "a")
+    run.launch()
+    time.sleep(4)  # Locust's start-up is about 1.1 s
+    assert run.exit_code() is None
+    # Locust has made its CSV files, but its test has not begun: no marker, no request.
+    assert not [p for p in run.live_dir.iterdir() if p.name.startswith(("start.", "responses."))]
+    opened = time.time()
+    run.start()
+    log = RequestLog(run.live_dir)
+    deadline = time.monotonic() + 30
+    while log.start() is None:
+        assert time.monotonic() < deadline, "the test did not start when the gate opened"
+        time.sleep(0.05)
+    assert opened <= log.start() < opened + 2
+    assert run.wait(timeout=60) == 0
+    assert cell_metrics(tmp_path / "a", SHORT)["total_successes"] > 50
+
+    held = LocustRun(tiny_server, "cpu", SHORT, tmp_path / "b")
+    held.launch()
+    pid = held.pids()[0]
+    time.sleep(2)
+    held.stop()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert list((tmp_path / "b").iterdir()) == []
+    # Forked processes start before any gate: such a run is launched by start() alone.
+    assert not LocustRun(tiny_server, "cpu", SHORT, tmp_path, processes=2).can_launch_early
 
 
 def test_failures_are_named_by_kind(tiny_server: str, tmp_path: Path) -> None:

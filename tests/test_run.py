@@ -9,7 +9,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +254,46 @@ def test_a_cell_stops_once_its_interval_is_precise_enough(tmp_path: Path) -> Non
     run = json.loads((out / "run.json").read_text())
     assert run["profile"]["precision"] == 0.5 and isinstance(run["seed"], int)
     assert run["machine_calibration"]["median_ms"] > 0
+
+
+class _WrongAnswers(BaseHTTPRequestHandler):
+    """Answers every route 200 {"ct": -1}: a server that fails verification."""
+
+    def _answer(self) -> None:
+        raw = b'{"ct": -1}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_server_that_fails_verification_fails_its_cell_and_leaves_no_load(
+        tmp_path: Path) -> None:
+    """The cell's Locust is launched while the server is verified (its test held at a
+    gate): a server that answers wrongly fails the cell with the check's reason, and that
+    Locust is stopped at its gate, leaving no process and no load file in the cell."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _WrongAnswers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "run"
+    try:
+        result = subprocess.run(bench_cmd(
+            "run", "--target", f"http://127.0.0.1:{server.server_address[1]}",
+            "--target-name", "wrong", "--routes", "cpu", "--latencies", "0", "--profile",
+            "smoke", "--out", str(out), *SMALL), capture_output=True, text=True, timeout=300)
+    finally:
+        server.shutdown()
+    assert result.returncode == 1, result.stderr[-3000:]
+    cell_dir = out / "cells" / "wrong__cpu__0ms__r1"
+    record = cell(out, "wrong__cpu__0ms__r1")
+    assert record["status"] == "failed" and "cpu/: want 200" in record["reason"], record
+    assert sorted(p.name for p in cell_dir.iterdir()) == ["cell.json"], list(cell_dir.iterdir())
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if "locust" in " ".join(p.info["cmdline"] or []) and str(out) in
+            " ".join(p.info["cmdline"] or [])]
+    assert not left, left
