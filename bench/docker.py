@@ -146,6 +146,11 @@ class Compose:
         cmd = [*self.engine.compose, "-p", self.project]
         for path in self.files:
             cmd += ["-f", str(path)]
+        # docker-compose gives up on the engine after its own 60 s (COMPOSE_HTTP_TIMEOUT):
+        # on vfs a container's creation copies its whole image, and with other work beside
+        # it that took longer in CI (a cell failed "consider setting COMPOSE_HTTP_TIMEOUT").
+        env = {**env, "COMPOSE_HTTP_TIMEOUT": env.get("COMPOSE_HTTP_TIMEOUT")
+               or str(int(timeout_s))}
         return _run([*cmd, *args], timeout_s, check, env)
 
     def up(self, service: str, env: dict[str, str]) -> str:

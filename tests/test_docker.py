@@ -76,6 +76,23 @@ def test_docker_mode_without_an_engine_is_a_one_line_error(tmp_path: Path) -> No
         "error: no docker command: install Docker (Debian: apt-get install docker.io)"]
 
 
+def test_compose_waits_on_the_engine_as_long_as_its_own_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker-compose's own HTTP timeout (60 s by default) follows the command's timeout,
+    unless the user set one: on vfs a container's creation took longer in CI."""
+    calls: list[tuple[list[str], float, dict[str, str] | None]] = []
+    monkeypatch.setattr(docker, "_run", lambda cmd, timeout_s, check, env: calls.append(
+        (cmd, timeout_s, env)))
+    engine = docker.Engine("docker", ("docker-compose",), "20.10", "1.29.2", "vfs")
+    compose = docker.Compose(engine, "proj", proxy=False)
+    compose.run(["ps", "-q"], {"PATH": "/bin"}, timeout_s=300)
+    compose.run(["ps", "-q"], {"COMPOSE_HTTP_TIMEOUT": "900"}, timeout_s=120)
+    assert calls[0][0][:3] == ["docker-compose", "-p", "proj"] and calls[0][0][-2:] == [
+        "ps", "-q"]
+    assert calls[0][2] == {"PATH": "/bin", "COMPOSE_HTTP_TIMEOUT": "300"}
+    assert calls[1][2] == {"COMPOSE_HTTP_TIMEOUT": "900"}
+
+
 @pytest.fixture(scope="module")
 def engine() -> docker.Engine:
     try:
