@@ -43,7 +43,7 @@ from typing import Any
 import gevent
 import psutil
 from locust import FastHttpUser, LoadTestShape, events, task
-from locust.runners import STATE_INIT, STATE_MISSING, MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 PROFILE: dict[str, Any] = json.loads(os.environ.get("BENCH_PROFILE") or "{}")
 TIMEOUT_S = float(PROFILE.get("timeout_s", 60))
@@ -54,9 +54,9 @@ ALPHABET = string.ascii_letters + string.digits + " "
 SEND_INTERVAL_S = 1.0  # how often a worker sends its rows to the master
 FLUSH_WAIT_S = 5.0  # how long the master waits for the workers' last rows
 LOST_WORKER_EXIT_CODE = 3
-MASTER_GONE_EXIT_CODE = 4  # a worker whose master went away before its test (_MasterWatch)
+MASTER_GONE_EXIT_CODE = 4  # a worker whose master went away (_MasterWatch)
 STOP_POLL_S = 0.05  # how often the stop file is looked for (_StopWatch)
-MASTER_SILENT_S = 10.0  # an idle worker quits after this long without the master (_MasterWatch)
+MASTER_SILENT_S = 10.0  # a worker quits after this long without the master (_MasterWatch)
 GATE_POLL_S = 0.02  # how often the go file is looked for (_register)
 
 
@@ -371,8 +371,8 @@ class _Workers:
 
 
 class _MasterWatch:
-    """A worker's side: quit when the master that acknowledged it has gone before giving it
-    a test, so that `bench load-worker` starts a new Locust for the next cell's master.
+    """A worker's side: quit when the master that acknowledged it has gone, so that
+    `bench load-worker` starts a new Locust for the next cell's master.
 
     The master answers each of the worker's heartbeats (one a second). Locust's worker
     gives up on a silent master only after 60 s, and never if the master left before its
@@ -391,14 +391,16 @@ class _MasterWatch:
         self.heard_at = time.monotonic()
 
     def _watch(self, runner: Any) -> None:
-        # Once a test runs, the master watches its workers (a lost one ends the cell) and
-        # Locust's own 60-s timeout applies; this covers only the wait before a test.
-        while runner.worker_state == STATE_INIT:
+        # During a test too: a worker that joined a master in its last seconds (CI: the
+        # killed worker's successor, 2 s before repeat 2's end) got users but no quit, and
+        # waited out Locust's 60 s while the next master waited 60 s for it. The master
+        # itself counts a worker lost after 3 s without a heartbeat.
+        while True:
             silent = time.monotonic() - self.heard_at
             if silent > MASTER_SILENT_S:
                 logging.getLogger(__name__).warning(
-                    "no answer from the master at %s:%s for %.0f s before any test: it has "
-                    "gone; quitting so that a new worker joins the next master",
+                    "no answer from the master at %s:%s for %.0f s: it has gone; quitting "
+                    "so that a new worker joins the next master",
                     runner.master_host, runner.master_port, silent)
                 runner.environment.process_exit_code = MASTER_GONE_EXIT_CODE
                 runner.quit()
