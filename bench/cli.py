@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the three-way interaction and the study's conclusions of each run, "
                     "and the two runs' metadata with a warning where they differ in a way "
                     "that breaks the comparison (latency backend, profile, machine, machine "
-                    "speed beyond its calibration noise, cpu/ loop). Prints the tables and "
+                    "speed during the cells beyond its noise, cpu/ loop). Prints the tables and "
                     "writes compare.md, compare.html (self-contained) and "
                     "figures/compare_ratios.png into --out. Exit code 0; 1 with "
                     "--fail-on-regression when a matched cell is significantly slower by "

@@ -57,9 +57,11 @@ def cell_id(key: Key, repeat: int = 1) -> str:
 
 def make_run(folder: Path, cells: dict[Key, tuple[float, float]] | None = None,
              repeats: list[dict[Key, tuple[float, float]]] | None = None,
+             probes: list[float] | None = None,
              **info: Any) -> Path:
     """A real results folder: run.json as the runner writes it and one cell.json per cell
-    and repeat, written through bench.record.CellRecord. `repeats`: one dict per repeat."""
+    and repeat, written through bench.record.CellRecord. `repeats`: one dict per repeat;
+    `probes`: the machine's speed probe during each cell, in the order they are written."""
     per_repeat = repeats or [cells if cells is not None else BASE]
     ids = []
     for repeat, values in enumerate(per_repeat, 1):
@@ -74,7 +76,8 @@ def make_run(folder: Path, cells: dict[Key, tuple[float, float]] | None = None,
                 metrics=CellMetrics(steady_srps=steady,
                                     steady_srps_ci95=[steady - half, steady + half],
                                     batches=BATCHES, p99_ms=1000.0 / max(steady, 0.1),
-                                    max_srps=steady * 1.1, total_successes=int(steady * 10)))
+                                    max_srps=steady * 1.1, total_successes=int(steady * 10),
+                                    machine_probe_ms=probes[len(ids)] if probes else None))
             record.write(folder / "cells" / record.cell_id / "cell.json")
             ids.append(record.cell_id)
     run = {"format": 2, "run_id": folder.name, "status": "complete",
@@ -197,7 +200,7 @@ def test_a_first_round_run_with_failed_and_missing_cells_compares_with_itself(
                      "async_uvicorn cpu/ 100 ms": "both: missing"}
     assert {c.verdict for c in comparison.cells} == {NOT_SIGNIFICANT, NO_TEST}
     assert comparison.warnings == ["machine speed cannot be compared: BASE and NEW recorded "
-                                   "no machine_calibration"]
+                                   "no machine_calibration, nor a CPU probe in their cells"]
 
 
 def test_a_cell_without_steady_srps_is_listed_with_no_test(tmp_path: Path) -> None:
@@ -279,12 +282,42 @@ def test_a_profile_or_a_slower_machine_is_a_warning_a_django_version_is_not(
                                                               "machine speed differs"]
     assert "(+20.0%;" in comparison.warnings[1]
     assert {r.key for r in comparison.metadata if r.differs} >= {"django", "profile",
-                                                                 "machine speed"}
+                                                                 "machine speed at start"}
     # the same machine, measured again within its noise: no warning
     again = [50.3, 49.9, 50.0, 50.4, 49.8, 50.2, 50.1]
     same = make_run(tmp_path / "same", machine_calibration={"loop": 1000000,
                                                             "samples_ms": again})
     assert compare_runs(read_run(base), read_run(same)).warnings == []
+
+
+def test_machine_speed_is_compared_on_the_cells_probes_not_on_the_start_calibration(
+        tmp_path: Path) -> None:
+    """As two default runs on one machine: the calibration before the first cell read
+    54.4 and 93.3 ms, the cells' own probes 4.151 and 4.133 ms (the machine switches
+    between a fast and a slow state; the start caught one of each)."""
+    base_probes = [4.10, 4.20, 4.05, 4.25, 4.15, 4.12, 4.18, 4.08]
+    fast_start = [54.0, 54.5, 54.2, 54.9, 54.4, 54.1, 54.6]
+    slow_start = [93.0, 93.5, 93.3, 92.8, 93.9, 93.1, 93.4]
+    base = make_run(tmp_path / "base", probes=base_probes,
+                    machine_calibration={"loop": 1000000, "samples_ms": fast_start})
+    same = make_run(tmp_path / "same", probes=[v + 0.01 for v in reversed(base_probes)],
+                    machine_calibration={"loop": 1000000, "samples_ms": slow_start})
+    assert compare_runs(read_run(base), read_run(same)).warnings == []
+    # the cells' probes 10% slower: a warning that quotes them, whatever the start said
+    slower = make_run(tmp_path / "slower", probes=[v * 1.1 for v in base_probes],
+                      machine_calibration={"loop": 1000000, "samples_ms": fast_start})
+    comparison = compare_runs(read_run(base), read_run(slower))
+    (warning,) = comparison.warnings
+    assert warning.startswith("machine speed differs: its CPU probe read 4.135 ms")
+    assert "(+10.0%; Welch's t-test on the 8 + 8 cells" in warning
+    rows = {r.key: r for r in comparison.metadata}
+    assert rows["machine speed in cells"].base.startswith("median 4.135 ms")
+    assert rows["machine speed in cells"].new.endswith("(8 cells)")
+    # a run whose cells have no probe (an older one): the start calibration decides
+    old = make_run(tmp_path / "old", machine_calibration={"loop": 1000000,
+                                                          "samples_ms": slow_start})
+    (warning,) = compare_runs(read_run(base), read_run(old)).warnings
+    assert warning.startswith("machine speed differs: the calibration loop took 54.4 ms")
 
 
 # -- the report's conclusions, side by side -----------------------------------------------------

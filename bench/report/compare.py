@@ -208,6 +208,20 @@ def _calibration_text(calibration: Any) -> str:
             f"of a {calibration.get('loop', '?')} loop)")
 
 
+def cell_probes(run: Run) -> list[float]:
+    """The machine's speed during each measured cell (metrics machine_probe_ms: the CPU
+    probe's mean over the cell's window, ms per 50,000 turns), of the cells that have one."""
+    return [v for c in run.cells if (v := c.metric("machine_probe_ms")) is not None and v > 0]
+
+
+def _probe_text(probes: list[float]) -> str:
+    if not probes:
+        return "not recorded"
+    spread = (f", cv {100 * statistics.stdev(probes) / statistics.fmean(probes):.1f}%"
+              if len(probes) > 1 else "")
+    return (f"median {statistics.median(probes):.3f} ms a 50,000-turn probe{spread} "
+            f"({len(probes)} cells)")
+
 def _machine_text(machine: Any) -> str:
     machine = machine if isinstance(machine, dict) else {}
     return (f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', '?')}, "
@@ -217,9 +231,11 @@ def _machine_text(machine: Any) -> str:
 def metadata_rows(base: Run, new: Run) -> list[MetaRow]:
     """The report's "What ran" of both runs, line by line, with the packages one a line,
     the profile without its prose, and what the report does not list: the machine's
-    speed, the cpu/ loop and the mode."""
+    speed (its calibration at the start and its probes during the cells), the cpu/ loop and
+    the mode."""
     lines = [dict(what_ran(base)), dict(what_ran(new))]
-    extra = [{"machine speed": _calibration_text(run.info.get("machine_calibration")),
+    extra = [{"machine speed at start": _calibration_text(run.info.get("machine_calibration")),
+              "machine speed in cells": _probe_text(cell_probes(run)),
               "cpu/ loop": str((run.info.get("cpu_work") or {}).get("loop", "?")),
               "mode": str(run.info.get("mode", "local")),
               "profile": _profile_text(_profile(run.info))} for run in (base, new)]
@@ -234,37 +250,65 @@ def metadata_rows(base: Run, new: Run) -> list[MetaRow]:
         values = [extra[i].get(key, lines[i].get(key, "n/a")) for i in (0, 1)]
         rows.append(MetaRow(key, values[0], values[1]))
         if key == "machine":
-            rows += [MetaRow(k, extra[0][k], extra[1][k]) for k in ("machine speed",
-                                                                   "cpu/ loop", "mode")]
+            rows += [MetaRow(k, extra[0][k], extra[1][k]) for k in (
+                "machine speed at start", "machine speed in cells", "cpu/ loop", "mode")]
     return rows
 
 
-def machine_speed_warning(base: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """A warning when the calibration loop's times differ beyond their noise (Welch's
-    t-test on the two runs' samples, 95%)."""
-    samples = [(info.get("machine_calibration") or {}).get("samples_ms") or []
-               for info in (base, new)]
+def _welch(a: list[float], b: list[float]) -> float:
+    """Welch's two-sided p-value; 1 or 0 for two sets without spread."""
+    if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:
+        return 1.0 if statistics.median(a) == statistics.median(b) else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def machine_speed_warning(base: Run, new: Run) -> str | None:
+    """A warning when the machine ran at another speed in NEW than in BASE beyond its noise
+    (Welch's t-test, 95%).
+
+    Compared on the cells' own probes where both runs have at least two: the speed while
+    the cells were measured, each cell one sample, spread over the whole run. The start
+    calibration (7 loops in under a second) is the fallback only: these machines switch
+    between a fast and a slow state for seconds to minutes at a time, and the start
+    catches one of them. Over 8 runs on one machine (2026-11-27/28) it read 54.4-93.3 ms
+    while the medians of the cells' probes stayed within 4.02-4.27 ms; two default runs
+    at 54.4 and 93.3 ms had cells' probes of 4.151 and 4.133 ms.
+    """
+    probes = [cell_probes(base), cell_probes(new)]
+    if all(len(p) >= 2 for p in probes):
+        a, b = probes
+        p_value = _welch(a, b)
+        if p_value >= ALPHA:
+            return None
+        median_a, median_b = statistics.median(a), statistics.median(b)
+        return (f"machine speed differs: its CPU probe read {median_a:.3f} ms (median over "
+                f"the cells) in BASE and {median_b:.3f} ms in NEW "
+                f"({median_b / median_a - 1:+.1%}; Welch's t-test on the {len(a)} + {len(b)} "
+                f"cells, p = {p_value:.2g}): a change in CPU-bound cells may be the machine's")
+    samples = [(run.info.get("machine_calibration") or {}).get("samples_ms") or []
+               for run in (base, new)]
     missing = [name for name, s in zip(("BASE", "NEW"), samples, strict=True) if len(s) < 2]
     if missing:
         return (f"machine speed cannot be compared: {' and '.join(missing)} recorded no "
-                "machine_calibration")
+                f"machine_calibration, nor a CPU probe in {'its' if len(missing) == 1 else 'their'}"
+                " cells")
     a, b = ([float(v) for v in s] for s in samples)
-    median_a, median_b = statistics.median(a), statistics.median(b)
-    if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:
-        p_value = 1.0 if median_a == median_b else 0.0
-    else:
-        p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    p_value = _welch(a, b)
     if p_value >= ALPHA:
         return None
+    median_a, median_b = statistics.median(a), statistics.median(b)
     change = median_b / median_a - 1
     return (f"machine speed differs: the calibration loop took {median_a:.1f} ms (median) in "
             f"BASE and {median_b:.1f} ms in NEW ({change:+.1%}; Welch's t-test on the "
             f"{len(a)} + {len(b)} samples, p = {p_value:.2g}), beyond the calibration's "
-            "noise: a change in CPU-bound cells may be the machine's")
+            "noise (the cells of one run or both have no CPU probe, and the calibration is "
+            "one moment before the first cell): a change in CPU-bound cells may be the "
+            "machine's")
 
 
-def warnings_of(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def warnings_of(base_run: Run, new_run: Run) -> list[str]:
     """Differences between the runs that break the comparison of their numbers."""
+    base, new = base_run.info, new_run.info
     found = []
     backends = (base.get("latency_backend"), new.get("latency_backend"))
     if backends[0] != backends[1]:
@@ -279,7 +323,7 @@ def warnings_of(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
     machines = [_machine_text(info.get("machine")) for info in (base, new)]
     if machines[0] != machines[1]:
         found.append(f"different machine: BASE {machines[0]}, NEW {machines[1]}")
-    speed = machine_speed_warning(base, new)
+    speed = machine_speed_warning(base_run, new_run)
     if speed:
         found.append(speed)
     loops = [(info.get("cpu_work") or {}).get("loop") for info in (base, new)]
@@ -463,6 +507,6 @@ def compare_runs(base: Run, new: Run, min_change: float = 0.0,
         new_only_cells=[_label(k) for k in new_keys if k[0] in shared and k not in
                         set(base_keys)],
         metadata=metadata_rows(base, new),
-        warnings=[*pair_notes, *warnings_of(base.info, new.info)],
+        warnings=[*pair_notes, *warnings_of(base, new)],
         interactions=changes, interaction_notes=interaction_notes,
         verdicts=verdict_changes(base, new))
