@@ -87,6 +87,13 @@ def _milliseconds(text: str) -> float:
     return value
 
 
+def _milliseconds_or_zero(text: str) -> float:
+    with contextlib.suppress(ValueError):
+        if float(text) == 0:
+            return 0.0
+    return _milliseconds(text)
+
+
 def _seed(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
@@ -191,9 +198,10 @@ def _add_pg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=_positive, default=1_000_000,
                         help="posts in the template database (default: 1000000, the study's)")
     parser.add_argument("--cpu-loop", type=_positive, default=None,
-                        help="loop size of cpu/ (default for run: sized so a request takes "
-                             "the profile's cpu_ms on this machine, or the study's 10000000 "
-                             "when the profile has none; default elsewhere: 10000000)")
+                        help="a fixed loop size for cpu/ (default for run: none, a request "
+                             "runs for the profile's cpu_ms of CPU time, or the study's "
+                             "10000000 turns when the profile has none; default elsewhere: "
+                             "10000000)")
 
 
 def _add_pgbouncer(parser: argparse.ArgumentParser, without: str) -> None:
@@ -240,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use the database named by DB_HOST/DB_PORT/DB_NAME/DB_USER/"
                             "DB_PASSWORD instead of starting one (Docker mode)")
     _add_pg(serve)
+    serve.add_argument("--cpu-ms", type=_milliseconds_or_zero, default=0.0, metavar="MS",
+                       help="each cpu/ request runs for MS of its thread's CPU time instead "
+                            "of --cpu-loop's turns (default 0: the loop)")
     _add_pgbouncer(serve, "such a variant cannot be served")
 
     run = sub.add_parser("run", help="run the benchmark matrix",
@@ -262,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "most this fraction of the mean, e.g. 0.05 (default: the profile's; "
                           "0 holds the profile's maximum hold)")
     run.add_argument("--cpu-ms", type=_milliseconds, metavar="MS",
-                     help="size the cpu/ loop so one request takes MS on this machine "
-                          "(default: the profile's cpu_ms)")
+                     help="each cpu/ request runs for MS of its thread's CPU time, on any "
+                          "machine (default: the profile's cpu_ms; --cpu-loop: a fixed loop "
+                          "instead)")
     run.add_argument("--seed", type=_seed, help="seed of the shuffled cell order (default: "
                                                 "random, recorded in run.json)")
     run.add_argument("--latency-backend", type=_backend, default="auto",
@@ -378,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the three-way interaction and the study's conclusions of each run, "
                     "and the two runs' metadata with a warning where they differ in a way "
                     "that breaks the comparison (latency backend, profile, machine, machine "
-                    "speed during the cells beyond its noise, cpu/ loop). Prints the tables and "
+                    "speed during the cells beyond its noise, cpu/ work). Prints the tables and "
                     "writes compare.md, compare.html (self-contained) and "
                     "figures/compare_ratios.png into --out. Exit code 0; 1 with "
                     "--fail-on-regression when a matched cell is significantly slower by "
@@ -476,7 +488,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             dsn = f"postgresql://{db_env['DB_USER']}@{cluster.host}:{cluster.port}/{dbname}"
         allowed = sorted({"localhost", "127.0.0.1", args.host} - {"0.0.0.0"}) + (
             ["*"] if args.host == "0.0.0.0" else [])  # noqa: S104 - bind-all means any Host
-        env = app_environment(variant, db_env, allowed, args.cpu_loop or 10**7)
+        env = app_environment(variant, db_env, allowed, args.cpu_loop or 10**7,
+                              cpu_ms=args.cpu_ms or None)
         subprocess.run([sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
                        env=env, check=True)
         log = Path(os.environ.get("BENCH_SERVE_LOG", "/dev/stdout"))

@@ -466,6 +466,7 @@ class DockerRunner(Runner):
             "BENCH_ROWS": str(self.template_rows),
             "BENCH_DB_NAME": DB_NAME,
             "BENCH_CPU_LOOP": str(self.cpu_loop),
+            "BENCH_CPU_MS": str(self.cpu_ms or 0),
             "BENCH_SERVER_ENV_FILE": str(server_env.resolve()),
             "BENCH_SERVER_CPUS": ",".join(map(str, self.place["server_cpus"])),
             "BENCH_OTHER_CPUS": ",".join(map(str, self.place["other_cpus"])),

@@ -1,9 +1,11 @@
 """The machine's own speed and noise, measured before the first cell (pyperf-style).
 
 A fixed pure-Python loop (the same loop as the app's cpu/ route) is timed a few times on
-the core the server will run on. Its median gives the machine's speed; its coefficient of
-variation how noisy the machine was; and it sizes the cpu/ loop so that one request costs
-a given time (the study's Sync did 1.5 sRPS on cpu/: about 0.67 s a request).
+the core the server will run on. Its median gives the machine's speed and its coefficient of
+variation how noisy the machine was, at that moment. It no longer sizes the cpu/ loop:
+these machines switch between a fast and a slow state (the 10^6 loop takes 50-60 or
+90-100 ms) for seconds to minutes at a time, so a loop sized from one moment cost what the
+next minutes made of it (cpu/ now has a CPU-time budget: bench/runner.py prepare_cpu_work).
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ def cpu_work(loop: int) -> int:
     return ct
 
 
+def cpu_work_text(cpu_work: dict[str, Any] | None) -> str:
+    """run.json's cpu_work in words: a CPU-time budget a request, or a fixed loop."""
+    work = cpu_work or {}
+    source = f" ({work['source']})" if work.get("source") else ""
+    if work.get("ms"):
+        return f"{work['ms']:g} ms of CPU a request{source}"
+    if work.get("loop"):
+        return f"a loop of {int(work['loop']):,} turns{source}"
+    return "not recorded"
+
+
 @dataclass(frozen=True)
 class Calibration:
     loop: int
@@ -58,10 +71,6 @@ class Calibration:
     @property
     def noisy(self) -> bool:
         return self.cv > NOISY_CV
-
-    def loop_for(self, target_ms: float) -> int:
-        """The loop size that takes `target_ms` on this machine."""
-        return max(1, round(target_ms / self.median_ms * self.loop))
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)

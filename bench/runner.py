@@ -52,7 +52,13 @@ from bench.load import (
     Profile,
     load_profile,
 )
-from bench.machine import CELL_CALIBRATION_TIMES, STUDY_CPU_LOOP, Calibration, calibrate
+from bench.machine import (
+    CELL_CALIBRATION_TIMES,
+    STUDY_CPU_LOOP,
+    Calibration,
+    calibrate,
+    cpu_work_text,
+)
 from bench.metrics import cell_metrics
 from bench.paths import results_dir
 from bench.pgbouncer import PgBouncer, PgBouncerError, find_binary, program_version
@@ -108,8 +114,8 @@ class RunConfig:
     pool_sizes: list[int] | None = None
     conn_max_ages: list[int] | None = None
     pgbouncer_bin: Path | None = None
-    cpu_loop: int | None = None  # None: sized from cpu_ms (or the profile's), else the study's
-    cpu_ms: float | None = None
+    cpu_loop: int | None = None  # a fixed cpu/ loop; None: cpu_ms, else the study's loop
+    cpu_ms: float | None = None  # CPU time a cpu/ request; None: the profile's cpu_ms
     precision: float | None = None  # None: the profile's
     seed: int | None = None  # None: a random one, recorded
     rows: int = 1_000_000
@@ -448,6 +454,7 @@ class Runner:
                 self.target_max_connections = monitor.max_connections()
         self.calibration: Calibration | None = None
         self.cpu_loop = STUDY_CPU_LOOP
+        self.cpu_ms: float | None = None  # a CPU-time budget a cpu/ request (else the loop)
         self.cpu_work: dict[str, Any] = dict(previous.get("cpu_work") or {})
 
     def _find_pgbouncer(self) -> tuple[Path | None, str | None]:
@@ -497,8 +504,20 @@ class Runner:
                            f"now {mine[diff[0]]!r})")
 
     def prepare_cpu_work(self) -> None:
-        """Calibrate the machine and size the cpu/ loop (once; a resumed run keeps its loop)."""
+        """Calibrate the machine and choose the cpu/ work (once; a resumed run keeps it).
+
+        With a cost in ms (the profile's cpu_ms, or --cpu-ms) each cpu/ request runs for
+        that much CPU time (shared_app posts.validation cpu_for). A loop sized from the
+        calibration cost what the machine's speed made of it: these machines switch
+        between a fast and a slow state for seconds to minutes, and two default runs'
+        calibrations (54.4 and 93.3 ms) gave loops of 12.3 and 7.2 million turns, whose
+        cpu/ cells then ran 81 and 77 ms a million turns (median): 1.0-1.2 sRPS in one
+        run, 1.5-2.2 in the other, for the same 670 ms asked. A fixed loop stays for
+        --cpu-loop and the study's profile (the study's 10^7)."""
         self.calibration = calibrate(self.place["server_cpus"])
+        if self.cpu_work.get("ms"):
+            self.cpu_ms = float(self.cpu_work["ms"])
+            return
         if self.cpu_work.get("loop"):
             self.cpu_loop = int(self.cpu_work["loop"])
             return
@@ -506,15 +525,18 @@ class Runner:
         if self.config.cpu_loop:
             self.cpu_loop, source = self.config.cpu_loop, "--cpu-loop"
         elif self.config.target:
-            # The target sized its own loop when it started; cpu/'s check needs the same.
+            # The target chose its work when it started; cpu/'s check needs the same. A
+            # target started with --cpu-ms answers with its turns, and passes whatever this.
             self.cpu_loop = STUDY_CPU_LOOP
             source = "the target's, assumed to be bench serve's default (else give --cpu-loop)"
         elif target_ms:
-            self.cpu_loop = self.calibration.loop_for(target_ms)
-            source = "--cpu-ms" if self.config.cpu_ms else f"profile {self.profile.name}"
+            self.cpu_ms = target_ms
+            self.cpu_work = {"ms": target_ms, "source": "--cpu-ms" if self.config.cpu_ms
+                             else f"profile {self.profile.name}"}
+            return
         else:
             self.cpu_loop, source = STUDY_CPU_LOOP, "the study's loop"
-        self.cpu_work = {"loop": self.cpu_loop, "target_ms": target_ms, "source": source,
+        self.cpu_work = {"loop": self.cpu_loop, "source": source,
                          "expected_ms": round(self.calibration.median_ms * self.cpu_loop
                                               / self.calibration.loop, 1)}
 
@@ -560,7 +582,7 @@ class Runner:
         console.print(f"run: {len(self.cells)} cells -> {self.out} (latency backend: "
                       f"{self.backend}; profile {self.profile.name}; seed {self.config.seed}; "
                       f"calibration {self.calibration.median_ms:.1f} ms "
-                      f"± {100 * self.calibration.cv:.1f}%; cpu/ loop {self.cpu_loop:,})")
+                      f"± {100 * self.calibration.cv:.1f}%; cpu/ {cpu_work_text(self.cpu_work)})")
         if self.config.load_workers and self.mode == "local":
             console.print(worker_instructions(self.config))
         status = "complete"
@@ -727,7 +749,7 @@ class Runner:
             cell.variant, cluster.app_env(dbname, db_host, db_port),
             allowed_hosts=sorted({"localhost", "127.0.0.1", session.server_bind_host,
                                   client_host}),
-            cpu_loop=self.cpu_loop)
+            cpu_loop=self.cpu_loop, cpu_ms=self.cpu_ms)
         command = session.command_prefix + cell.variant.server_command(
             session.server_bind_host, port)
         server = ServerProcess(command, env, cell_dir / "server.log",
@@ -781,7 +803,8 @@ class Runner:
             # every I/O cell) cost a default run 35-55 s; each route is checked in its cells.
             record.verification_ms = verify_routes(
                 deployment.url, self.cpu_loop, None if self.config.target else self.template_rows,
-                timeout_s=max(60.0, self.profile.timeout_s), routes=(cell.route,))
+                timeout_s=max(60.0, self.profile.timeout_s), routes=(cell.route,),
+                cpu_ms=self.cpu_ms)
             phases.mark("verify")
             sampler = ResourceSampler(
                 cell_dir / "resources.csv", deployment.server_pids, deployment.db_pids,

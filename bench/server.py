@@ -22,9 +22,12 @@ class ServerError(Exception):
 
 def app_environment(
     variant: Variant, db_env: dict[str, str], allowed_hosts: list[str], cpu_loop: int,
-    secret_key: str | None = None,
+    secret_key: str | None = None, cpu_ms: float | None = None,
 ) -> dict[str, str]:
-    """The full environment of a server process: ours, the variant's, the database's."""
+    """The full environment of a server process: ours, the variant's, the database's.
+
+    `cpu_ms`: cpu/ runs for that much CPU time a request (shared_app posts.validation
+    cpu_for); None: the fixed `cpu_loop`."""
     env = dict(os.environ)
     env.update(variant.app_env())
     env.update(db_env)
@@ -35,6 +38,7 @@ def app_environment(
         or secrets.token_urlsafe(50),
         "DJANGO_ALLOWED_HOSTS": ",".join(allowed_hosts),
         "POSTS_CPU_LOOP": str(cpu_loop),
+        "POSTS_CPU_MS": str(cpu_ms or 0),
         "PYTHONUNBUFFERED": "1",
     })
     return env

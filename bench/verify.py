@@ -58,11 +58,28 @@ def _check_post(route: str, post: Any) -> None:
     uuid.UUID(str(post["id"]))
 
 
-def verify_cpu(base: str, cpu_loop: int, timeout_s: float) -> None:
+def verify_cpu(base: str, cpu_loop: int, timeout_s: float, cpu_ms: float | None = None
+               ) -> int | None:
+    """cpu/ answers the study's sum: over range(cpu_loop), or, with a CPU-time budget
+    (`cpu_ms`), over range(turns) for the turns it says it did. Returns those turns (None
+    for a fixed loop). A --target started with a budget answers with its turns, which
+    are accepted whatever loop this run assumed."""
     status, body = _request(f"{base}/cpu/", None, timeout_s)
+    if isinstance(body, dict) and "turns" in body:
+        turns = body["turns"]
+        if (status == 200 and set(body) == {"ct", "turns"} and isinstance(turns, int)
+                and not isinstance(turns, bool) and turns > 0
+                and body["ct"] == expected_ct(turns)):
+            return int(turns)
+        raise VerificationError(f"cpu/: want 200 {{'ct': sum(i*i for i in range(turns)), "
+                                f"'turns': turns > 0}}, got {status} {body!r}")
+    if cpu_ms:
+        raise VerificationError(f"cpu/: want 200 {{'ct', 'turns'}} (a budget of {cpu_ms:g} ms "
+                                f"of CPU a request), got {status} {body!r}")
     want = expected_ct(cpu_loop)
     if status != 200 or body != {"ct": want}:
         raise VerificationError(f"cpu/: want 200 {{'ct': {want}}}, got {status} {body!r}")
+    return None
 
 
 def verify_io_read(base: str, rows: int | None, timeout_s: float) -> int:
@@ -97,7 +114,7 @@ def verify_io_create(base: str, timeout_s: float) -> None:
 
 def verify_routes(
     base_url: str, cpu_loop: int, rows: int | None, timeout_s: float = 60.0,
-    routes: tuple[str, ...] = ROUTES,
+    routes: tuple[str, ...] = ROUTES, cpu_ms: float | None = None,
 ) -> dict[str, float]:
     """Raise VerificationError unless every route answers as the study's app does.
 
@@ -112,7 +129,7 @@ def verify_routes(
     if "io_create" in routes:
         checks["io_create"] = lambda: verify_io_create(base, timeout_s)
     if "cpu" in routes:
-        checks["cpu"] = lambda: verify_cpu(base, cpu_loop, timeout_s)
+        checks["cpu"] = lambda: verify_cpu(base, cpu_loop, timeout_s, cpu_ms)
 
     def timed(check: Callable[[], object]) -> float:
         t0 = time.perf_counter()

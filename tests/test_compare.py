@@ -320,6 +320,23 @@ def test_machine_speed_is_compared_on_the_cells_probes_not_on_the_start_calibrat
     assert warning.startswith("machine speed differs: the calibration loop took 54.4 ms")
 
 
+def test_a_cpu_budget_against_a_sized_loop_is_different_work(tmp_path: Path) -> None:
+    budget = {"ms": 670, "source": "profile quick"}
+    base = make_run(tmp_path / "base", cpu_work=budget)
+    same = make_run(tmp_path / "same", cpu_work={**budget, "source": "--cpu-ms"})
+    assert compare_runs(read_run(base), read_run(same)).warnings == []
+    loop = make_run(tmp_path / "loop", cpu_work={"loop": 7179212, "source": "profile quick",
+                                                  "expected_ms": 670.0})
+    comparison = compare_runs(read_run(base), read_run(loop))
+    assert comparison.warnings == [
+        "cpu/ does different work: 670 ms of CPU a request in BASE, a loop of 7,179,212 "
+        "turns in NEW (a loop sized at the start of a run costs what the machine's speed "
+        "makes of it)"]
+    rows = {r.key: r for r in comparison.metadata}
+    assert rows["cpu/ work"].base == "670 ms of CPU a request (profile quick)"
+    assert rows["cpu/ work"].new == "a loop of 7,179,212 turns (profile quick)"
+
+
 # -- the report's conclusions, side by side -----------------------------------------------------
 
 def test_interaction_and_verdicts_are_the_reports_on_each_run(tmp_path: Path) -> None:

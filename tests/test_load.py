@@ -9,11 +9,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import JsonHandler
 
 from bench.load import (
     LoadError,
@@ -87,29 +88,18 @@ def test_unknown_profile_lists_the_valid_ones() -> None:
         load_profile("fast")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self.path == "/cpu/":
-            self._answer(200, {"ct": 1})
+            self.answer(200, {"ct": 1})
         else:
-            self._answer(404, {"error": "not_found"})
+            self.answer(404, {"error": "not_found"})
 
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(length).decode()
         ok = "title=" in body and "content=" in body
-        self._answer(503 if ok else 400, {"error": "pool_timeout" if ok else "bad_request"})
-
-    def _answer(self, status: int, data: dict[str, object]) -> None:
-        raw = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.answer(503 if ok else 400, {"error": "pool_timeout" if ok else "bad_request"})
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from conftest import JsonHandler
 
 from bench.paths import servers_dir
 
@@ -92,8 +93,8 @@ def test_a_server_dying_mid_cell_fails_that_cell_and_the_run_goes_on(tmp_path: P
     env = {**os.environ, "BENCH_SERVERS_DIR": str(dying_servers_dir(tmp_path))}
     result = subprocess.run(bench_cmd(
         "run", "--variants", "a_dying,sync_gunicorn", "--routes", "cpu", "--latencies", "0",
-        "--profile", "smoke", "--latency-backend", "none", "--out", str(out), *SMALL),
-        capture_output=True, text=True, timeout=600, env=env)
+        "--profile", "smoke", "--latency-backend", "none", "--out", str(out), "--rows", "2000",
+        "--no-report"), capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 1, result.stderr[-3000:]  # a cell failed
     dying = cell(out, "a_dying__cpu__0ms__r1")
     assert dying["status"] == "failed"
@@ -103,6 +104,12 @@ def test_a_server_dying_mid_cell_fails_that_cell_and_the_run_goes_on(tmp_path: P
     # cpu/ runs the profile's cpu_users (smoke: 4 of its 150), started at cpu_spawn_rate
     assert survivor["metrics"]["hold_users"] == 4 and survivor["metrics"]["ramp_s"] == 0.4
     assert set(survivor["verification_ms"]) == {"cpu"}  # the cell's own route only
+    # No --cpu-loop: each cpu/ request runs for the profile's 100 ms of CPU time, so one
+    # sync worker on one core ends at most 10 a second (a loop sized at the start let the
+    # machine's speed set that: 1.0-1.2 sRPS in one default run, 1.5-2.2 in the next).
+    run = json.loads((out / "run.json").read_text())
+    assert run["cpu_work"] == {"ms": 100, "source": "profile smoke"}
+    assert 0 < survivor["metrics"]["steady_srps"] <= 10 * 1.1, survivor["metrics"]
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -256,21 +263,13 @@ def test_a_cell_stops_once_its_interval_is_precise_enough(tmp_path: Path) -> Non
     assert run["machine_calibration"]["median_ms"] > 0
 
 
-class _WrongAnswers(BaseHTTPRequestHandler):
+class _WrongAnswers(JsonHandler):
     """Answers every route 200 {"ct": -1}: a server that fails verification."""
 
-    def _answer(self) -> None:
-        raw = b'{"ct": -1}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.answer(200, {"ct": -1})
 
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args: object) -> None:
-        pass
+    do_POST = do_GET
 
 
 def test_a_server_that_fails_verification_fails_its_cell_and_leaves_no_load(

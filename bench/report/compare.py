@@ -34,6 +34,7 @@ from typing import Any
 
 from scipy import stats
 
+from bench.machine import cpu_work_text
 from bench.report import ReportError
 from bench.report.content import what_ran
 from bench.report.data import Run
@@ -231,12 +232,11 @@ def _machine_text(machine: Any) -> str:
 def metadata_rows(base: Run, new: Run) -> list[MetaRow]:
     """The report's "What ran" of both runs, line by line, with the packages one a line,
     the profile without its prose, and what the report does not list: the machine's
-    speed (its calibration at the start and its probes during the cells), the cpu/ loop and
+    speed (its calibration at the start and its probes during the cells), the cpu/ work and
     the mode."""
     lines = [dict(what_ran(base)), dict(what_ran(new))]
     extra = [{"machine speed at start": _calibration_text(run.info.get("machine_calibration")),
               "machine speed in cells": _probe_text(cell_probes(run)),
-              "cpu/ loop": str((run.info.get("cpu_work") or {}).get("loop", "?")),
               "mode": str(run.info.get("mode", "local")),
               "profile": _profile_text(_profile(run.info))} for run in (base, new)]
     rows = []
@@ -251,7 +251,7 @@ def metadata_rows(base: Run, new: Run) -> list[MetaRow]:
         rows.append(MetaRow(key, values[0], values[1]))
         if key == "machine":
             rows += [MetaRow(k, extra[0][k], extra[1][k]) for k in (
-                "machine speed at start", "machine speed in cells", "cpu/ loop", "mode")]
+                "machine speed at start", "machine speed in cells", "mode")]
     return rows
 
 
@@ -326,10 +326,12 @@ def warnings_of(base_run: Run, new_run: Run) -> list[str]:
     speed = machine_speed_warning(base_run, new_run)
     if speed:
         found.append(speed)
-    loops = [(info.get("cpu_work") or {}).get("loop") for info in (base, new)]
-    if loops[0] != loops[1]:
-        found.append(f"cpu/ does different work: its loop is {loops[0]} in BASE and "
-                     f"{loops[1]} in NEW (sized to the machine at the start of each run)")
+    works = [{k: v for k, v in (info.get("cpu_work") or {}).items() if k in ("ms", "loop")}
+             for info in (base, new)]
+    if works[0] != works[1]:
+        found.append(f"cpu/ does different work: {cpu_work_text(works[0])} in BASE, "
+                     f"{cpu_work_text(works[1])} in NEW (a loop sized at the start of a run "
+                     "costs what the machine's speed makes of it)")
     return found
 
 

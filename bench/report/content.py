@@ -12,6 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.machine import cpu_work_text
 from bench.report import plots
 from bench.report.choose import METHOD as CHOOSE_METHOD
 from bench.report.choose import choice_sentences, choose
@@ -113,6 +114,7 @@ def what_ran(run: Run) -> list[tuple[str, str]]:
                             f" ({info.get('latency_backend_reason') or 'no reason given'})"),
         ("profile", ", ".join(f"{k} {v}" for k, v in profile.items()) or "?"),
         ("repeats", str(config.get("repeats", "?"))),
+        ("cpu/ work", cpu_work_text(info.get("cpu_work"))),
         ("matrix", f"{len(run.columns)} columns x {len(run.routes)} routes x "
                    f"{len(run.latencies)} latencies = {len(run.cells)} cells"),
         ("placement", ", ".join(f"{k} {v}" for k, v in

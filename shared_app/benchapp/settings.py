@@ -9,6 +9,7 @@ docs/architecture.md for the list. Production-like defaults; the study's own set
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -33,6 +34,19 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ImproperlyConfigured(f"{name} must be a finite number >= 0, got {raw!r}")
+    return value
 
 
 def _pool_options(raw: str) -> dict[str, int | float] | bool:
@@ -101,6 +115,9 @@ POSTS_VIEWS = os.environ.get("POSTS_VIEWS", "sync")
 if POSTS_VIEWS not in {"sync", "async", "native"}:
     raise ImproperlyConfigured(f"POSTS_VIEWS must be sync, async or native, got {POSTS_VIEWS!r}")
 POSTS_CPU_LOOP = _int("POSTS_CPU_LOOP", 10**7)
+# > 0: cpu/ runs for this many ms of its thread's CPU time, whatever the loop (and says how
+# many turns that was); 0: the fixed POSTS_CPU_LOOP, as the study.
+POSTS_CPU_MS = _float("POSTS_CPU_MS", 0.0)
 POSTS_FIELD_MAX = _int("POSTS_FIELD_MAX", 10_000)
 
 if STUDY_LOGGING:

@@ -8,14 +8,14 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 
 from posts.models import Post
-from posts.validation import NewPost, cpu_count, method_not_allowed, parse_new_post
+from posts.validation import NewPost, cpu_answer, method_not_allowed, parse_new_post
 from posts.views_sync import READ_LIMIT
 
 
 async def cpu(request: HttpRequest) -> JsonResponse:
     if refused := method_not_allowed(request, "GET"):
         return refused
-    return JsonResponse({"ct": cpu_count(settings.POSTS_CPU_LOOP)})
+    return JsonResponse(cpu_answer(settings.POSTS_CPU_LOOP, settings.POSTS_CPU_MS))
 
 
 async def io_create(request: HttpRequest) -> JsonResponse:

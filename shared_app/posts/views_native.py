@@ -18,7 +18,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from posts.models import post_json
-from posts.validation import NewPost, cpu_count, method_not_allowed, parse_new_post
+from posts.validation import NewPost, cpu_answer, method_not_allowed, parse_new_post
 from posts.views_sync import READ_LIMIT
 
 _COLUMNS = "id, title, content, created_at, updated_at"
@@ -68,7 +68,7 @@ async def get_pool() -> AsyncConnectionPool[AsyncConnection[Any]]:
 async def cpu(request: HttpRequest) -> JsonResponse:
     if refused := method_not_allowed(request, "GET"):
         return refused
-    return JsonResponse({"ct": cpu_count(settings.POSTS_CPU_LOOP)})
+    return JsonResponse(cpu_answer(settings.POSTS_CPU_LOOP, settings.POSTS_CPU_MS))
 
 
 async def io_create(request: HttpRequest) -> JsonResponse:
