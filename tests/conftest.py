@@ -79,21 +79,23 @@ def pg_cache_dir() -> Iterator[Path]:
 @contextlib.contextmanager
 def serving(cluster: PostgresCluster, variant: Variant, db_name: str, log_dir: Path,
             cpu_loop: int = 1000, db_endpoint: tuple[str, int] | None = None,
-            ) -> Iterator[tuple[str, str]]:
+            cpu_ms: float | None = None) -> Iterator[tuple[str, str]]:
     """`variant` listening on a free port over `db_name`, a fresh clone of the template:
     (base URL, database); the server stopped and the database dropped afterwards. A variant
     that declares [pgbouncer] reaches the database through its own PgBouncer (the test is
     skipped where no pgbouncer program is installed). `db_endpoint`: where the server
-    reaches PostgreSQL (a latency proxy), if not directly (and not through PgBouncer)."""
+    reaches PostgreSQL (a latency proxy), if not directly (and not through PgBouncer).
+    `cpu_ms`: cpu/ runs for that CPU-time budget instead of `cpu_loop` turns."""
     with pgbouncer_for(cluster, variant) as pooler, serving_through(
-            cluster, pooler, variant, db_name, log_dir, cpu_loop, db_endpoint) as served:
+            cluster, pooler, variant, db_name, log_dir, cpu_loop, db_endpoint,
+            cpu_ms) as served:
         yield served
 
 
 @contextlib.contextmanager
 def serving_through(cluster: PostgresCluster, pooler: PgBouncer | None, variant: Variant,
                     db_name: str, log_dir: Path, cpu_loop: int = 1000,
-                    db_endpoint: tuple[str, int] | None = None,
+                    db_endpoint: tuple[str, int] | None = None, cpu_ms: float | None = None,
                     ) -> Iterator[tuple[str, str]]:
     """`serving`, the app reaching the database through `pooler` when it is not None, else
     through `db_endpoint` when given."""
@@ -101,7 +103,7 @@ def serving_through(cluster: PostgresCluster, pooler: PgBouncer | None, variant:
     port = free_port("127.0.0.1")
     endpoint = (pooler.host, pooler.port) if pooler else db_endpoint
     db_env = cluster.app_env(db, *(endpoint or ()))
-    env = app_environment(variant, db_env, ["127.0.0.1"], cpu_loop)
+    env = app_environment(variant, db_env, ["127.0.0.1"], cpu_loop, cpu_ms=cpu_ms)
     server = ServerProcess(variant.server_command("127.0.0.1", port), env,
                            log_dir / "server.log")
     server.start()
