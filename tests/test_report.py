@@ -495,8 +495,10 @@ def test_a_machine_whose_speed_moved_is_a_caveat(tmp_path: Path) -> None:
     note = probes([3.3, 3.0, 3.6, 3.2])
     fast, slow = (json.loads(ok[i].read_text())["cell_id"] for i in (1, 2))
     assert note == (f"- the machine's speed moved during the run: its CPU probe took 3.00 ms "
-                    f"during {fast} and 3.60 ms during {slow} (20% slower); a CPU-bound cell "
-                    "can differ by up to that much from the machine alone"), note
+                    f"during {fast} and 3.60 ms during {slow} (20% slower); a cell its "
+                    "server's own CPU limits can differ by up to that much from the machine "
+                    "alone (not cpu/ with a CPU-time budget: its requests cost the same CPU "
+                    "whatever the speed)"), note
     assert probes([3.3, 3.1, 3.4, 3.2]) == ""
 
 

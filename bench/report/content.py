@@ -219,8 +219,10 @@ class Builder:
             (fast, fast_id), (slow, slow_id) = probes[0], probes[-1]
             notes.append(f"the machine's speed moved during the run: its CPU probe took "
                          f"{fast:.2f} ms during {fast_id} and {slow:.2f} ms during {slow_id} "
-                         f"({100 * (slow / fast - 1):.0f}% slower); a CPU-bound cell can "
-                         "differ by up to that much from the machine alone")
+                         f"({100 * (slow / fast - 1):.0f}% slower); a cell its server's "
+                         "own CPU limits can differ by up to that much from the machine "
+                         "alone (not cpu/ with a CPU-time budget: its requests cost the "
+                         "same CPU whatever the speed)")
         steal = [(c.cell_id, v) for c in finished if (v := c.metric("mean_steal_pct")) and v > 5]
         if steal:
             notes.append("CPU steal above 5% of a core (another guest took the CPU): "
