@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import psutil
 import pytest
 
 from bench import docker
+from bench.cli import build_parser
 from bench.latency.netem import NETEM_LIMIT
 from bench.processes import process_tree
 from bench.runner import RunConfig, plan_cells
@@ -31,6 +33,7 @@ from bench.variants import discover, select
 pytestmark = pytest.mark.xdist_group("docker")
 
 PROJECT = "asyncdj-test"  # one compose project (and PostgreSQL template volume) for the tests
+REPO = Path(__file__).resolve().parent.parent
 CI_LOG = Path(os.environ.get("BENCH_CI_ENGINE_LOG", "/tmp/asynchronize-django-ci-engine.log"))
 
 
@@ -91,6 +94,26 @@ def test_compose_waits_on_the_engine_as_long_as_its_own_timeout(
         "ps", "-q"]
     assert calls[0][2] == {"PATH": "/bin", "COMPOSE_HTTP_TIMEOUT": "300"}
     assert calls[1][2] == {"COMPOSE_HTTP_TIMEOUT": "900"}
+
+
+def test_the_server_container_gets_the_runs_cpu_work() -> None:
+    """compose.yaml hands the container's `bench serve` the run's cpu/ work (BENCH_CPU_LOOP,
+    BENCH_CPU_MS from DockerRunner), and bench serve takes both: a CPU-time budget where
+    the run has one (0: none), else the loop."""
+    text = (REPO / "docker" / "compose.yaml").read_text()
+    line = next(x for x in text.splitlines() if x.strip().startswith('command: ["--cpu-loop"'))
+    command = json.loads(line.split("command:", 1)[1])
+
+    def expand(arg: str, env: dict[str, str]) -> str:  # compose's ${NAME:-default}
+        return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m[1], m[2]), arg)
+
+    parser = build_parser()
+    for env, want in (({"BENCH_CPU_LOOP": "1000", "BENCH_CPU_MS": "0"}, (1000, 0.0)),
+                      ({"BENCH_CPU_LOOP": "10000000", "BENCH_CPU_MS": "670"}, (10**7, 670.0)),
+                      ({}, (10**7, 0.0))):
+        args = parser.parse_args(["serve", "sync_gunicorn", "--external-db",
+                                  *(expand(a, env) for a in command)])
+        assert (args.cpu_loop, args.cpu_ms) == want, env
 
 
 @pytest.fixture(scope="module")
