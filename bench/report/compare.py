@@ -223,6 +223,7 @@ def _probe_text(probes: list[float]) -> str:
     return (f"median {statistics.median(probes):.3f} ms a 50,000-turn probe{spread} "
             f"({len(probes)} cells)")
 
+
 def _machine_text(machine: Any) -> str:
     machine = machine if isinstance(machine, dict) else {}
     return (f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', '?')}, "
