@@ -6,6 +6,7 @@ sRPS through the proxy within 5% of the same cell without it.
     python benchmarks/proxy_overhead.py [--round-trips N] [--connections C] [--seconds S]
     python benchmarks/proxy_overhead.py --postgres [--connections-pg N]
     python benchmarks/proxy_overhead.py --end-to-end [--repeats N] [--variant V] [--route R]
+    python benchmarks/proxy_overhead.py --requests [--count N] [--variant V] [--route R]
 
 An echo server on loopback answers each message at once. Round trips are timed direct
 and through the proxy (bench/latency/proxy.py, a process of its own, as in a run); the
@@ -29,6 +30,18 @@ Prints each repeat's steady sRPS and the ratio proxy / none, and whether the two
 5% (the 95% interval of the ratio inside 0.95..1.05), apart, or too noisy to tell; then
 the same at one machine speed (each cell moved to the cells' mean probe along their slope
 of throughput on it, as the report's calibration line compares repeats).
+
+--requests: the same hop, request by request, so the machine's drift cancels out. Two
+servers of the variant on the server's core, placed as in a run (bench/runner.py
+placement): one reaches PostgreSQL and is called directly; the other reaches it through a
+downstream proxy and is called through an upstream proxy (both at 0 ms, real-time, on the
+server's core, as ProxySession starts them). This client, on the other core, alternates
+one request to each (a new connection each, order flipped every pair), N pairs. Prints
+each path's median time per request, the ratio of medians with a paired bootstrap 95%
+interval (scipy), and the proxies' CPU per request (/proc/PID/task/*/schedstat). A server
+that serves one request at a time (sync_gunicorn) loses about that share of its throughput.
+The --end-to-end cells' ratios scatter by 0.82-1.02 with the machine's speed; these pairs
+are milliseconds apart.
 """
 
 from __future__ import annotations
@@ -264,6 +277,128 @@ def end_to_end(repeats: int, variant: str, route: str, profile: str) -> int:
     return 1 if verdict.startswith("apart") else 0
 
 
+def _one_request(port: int, method: str, path: str, body: bytes | None) -> float:
+    """Milliseconds for one request on a new connection (the answer must be 2xx)."""
+    import http.client
+
+    headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body, headers)
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    if not 200 <= response.status < 300:
+        raise SystemExit(f"{method} {path} on port {port} answered {response.status}")
+    return (time.perf_counter() - t0) * 1000
+
+
+def _cpu_ms(pids: list[int]) -> float:
+    """CPU time used so far by these processes' threads, in ms (schedstat: nanoseconds)."""
+    total = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            with open(stat) as handle:
+                total += int(handle.read().split()[0])
+    return total / 1e6
+
+
+ROUTE_REQUESTS = {  # what the locustfile sends (load/locustfile.py), one fixed body
+    "io_create": ("POST", "/io_create/", b"title=hello+world&content=" + b"x" * 200),
+    "io_read": ("GET", "/io_read/", None),
+}
+
+
+def per_request(count: int, variant_name: str, route: str, rows: int) -> int:
+    from bench.latency.proxy import ProxySession
+    from bench.net import free_port
+    from bench.postgres import PostgresCluster
+    from bench.runner import placement
+    from bench.server import ServerProcess, app_environment
+    from bench.variants import discover
+
+    variants = discover()
+    if variant_name not in variants:
+        raise SystemExit(f"--variant: no variant {variant_name!r} (have: "
+                         f"{', '.join(sorted(variants))})")
+    variant = variants[variant_name]
+    if variant.pgbouncer is not None:
+        raise SystemExit(f"--requests: {variant_name} reaches PostgreSQL through PgBouncer; "
+                         f"pick a variant without [pgbouncer]")
+    method, path, body = ROUTE_REQUESTS[route]
+    place = placement()
+    os.sched_setaffinity(0, place["other_cpus"])
+    os.environ[AT_ZERO_ENV] = "1"  # the proxies stay in at 0 ms: their hop is measured
+    session = ProxySession(0, cpus=place["latency_cpus"])
+    servers: list[ServerProcess] = []
+    with PostgresCluster() as cluster, tempfile.TemporaryDirectory(prefix="proxy-rq-") as tmp:
+        cluster.start()
+        assert cluster.postmaster_pid is not None and cluster.port is not None
+        psutil.Process(cluster.postmaster_pid).cpu_affinity(place["other_cpus"])
+        cluster.ensure_template(rows)
+        db = cluster.clone_database(f"proxy_rq_{os.getpid()}")
+        try:
+            ports: dict[str, int] = {}
+            for name in ("direct", "proxy"):
+                endpoint = (session.db_endpoint(cluster.host, cluster.port) if name == "proxy"
+                            else (cluster.host, cluster.port))
+                port = free_port("127.0.0.1")
+                env = app_environment(variant, cluster.app_env(db, *endpoint), ["127.0.0.1"],
+                                      1000)
+                server = ServerProcess(variant.server_command("127.0.0.1", port), env,
+                                       Path(tmp) / f"{name}.log", cpu_affinity=place["server_cpus"])
+                servers.append(server)
+                server.start()
+                server.wait_listening("127.0.0.1", port)
+                ports[name] = port if name == "direct" else session.client_endpoint(port)[1]
+            for _ in range(20):  # warm up both paths (imports, first connections)
+                for port in ports.values():
+                    _one_request(port, method, path, body)
+            times: dict[str, list[float]] = {"direct": [], "proxy": []}
+            cpu_before = _cpu_ms(session.pids())
+            for pair in range(count):
+                for name in (("direct", "proxy") if pair % 2 == 0 else ("proxy", "direct")):
+                    times[name].append(_one_request(ports[name], method, path, body))
+            proxy_cpu = (_cpu_ms(session.pids()) - cpu_before) / count
+            schedulings = session.schedulings()
+        finally:
+            for server in servers:
+                server.stop()
+            session.close()
+            cluster.drop_database(db)
+    return _report_requests(times, proxy_cpu, schedulings, variant_name, route)
+
+
+def _report_requests(times: dict[str, list[float]], proxy_cpu_ms: float, schedulings: list[str],
+                     variant: str, route: str) -> int:
+    import numpy as np
+    from scipy import stats
+
+    direct, proxied = (np.array(times[k]) for k in ("direct", "proxy"))
+    ratio = float(np.median(proxied) / np.median(direct))
+    interval = stats.bootstrap((direct, proxied), lambda d, p: np.median(p) / np.median(d),
+                               paired=True, vectorized=False, n_resamples=2000,
+                               random_state=1).confidence_interval
+    low, high = float(interval.low), float(interval.high)
+    target = 1 + END_TO_END_TARGET
+    verdict = (f"within {END_TO_END_TARGET:.0%}" if high <= target else
+               f"apart by more than {END_TO_END_TARGET:.0%}" if low > target else
+               "cannot tell at this noise: more pairs")
+    print(f"{variant} {route}/ at 0 ms, {len(direct)} pairs: direct {np.median(direct):.2f} ms, "
+          f"through the proxies ({'/'.join(schedulings)}) {np.median(proxied):.2f} ms a request "
+          f"(medians): ratio {ratio:.3f} (95% {low:.3f}..{high:.3f}), "
+          f"+{np.median(proxied) - np.median(direct):.2f} ms; the proxies used "
+          f"{proxy_cpu_ms:.2f} ms of CPU a request: {verdict}")
+    print(json.dumps({"variant": variant, "route": route, "pairs": len(direct),
+                      "direct_median_ms": round(float(np.median(direct)), 3),
+                      "proxy_median_ms": round(float(np.median(proxied)), 3),
+                      "ratio": round(ratio, 4), "ratio_interval95": [round(low, 4), round(high, 4)],
+                      "proxy_cpu_ms_per_request": round(proxy_cpu_ms, 3), "verdict": verdict}))
+    return 1 if verdict.startswith("apart") else 0
+
+
 def ratio_interval(ratios: list[float]) -> tuple[float, float]:
     """95% interval of the geometric mean of paired ratios (Student-t on their logs, scipy's
     one-sample t-test); (0, inf) with fewer than two."""
@@ -273,6 +408,12 @@ def ratio_interval(ratios: list[float]) -> tuple[float, float]:
 
     interval = stats.ttest_1samp([math.log(r) for r in ratios], 0.0).confidence_interval(0.95)
     return math.exp(interval.low), math.exp(interval.high)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def main() -> int:
@@ -286,10 +427,22 @@ def main() -> int:
     parser.add_argument("--end-to-end", action="store_true",
                         help="compare one bench run cell through the proxy and without it")
     parser.add_argument("--repeats", type=int, default=3, help="with --end-to-end")
-    parser.add_argument("--variant", default="sync_gunicorn", help="with --end-to-end")
-    parser.add_argument("--route", default="io_create", help="with --end-to-end")
+    parser.add_argument("--requests", action="store_true",
+                        help="time requests direct and through the proxies, alternating")
+    parser.add_argument("--count", type=_positive, default=300,
+                        help="with --requests: pairs of requests (default 300)")
+    parser.add_argument("--rows", type=_positive, default=1_000_000,
+                        help="with --requests: posts in the database (a run's default)")
+    parser.add_argument("--variant", default="sync_gunicorn",
+                        help="with --end-to-end or --requests")
+    parser.add_argument("--route", default="io_create", help="with --end-to-end or --requests "
+                        f"(--requests: {', '.join(ROUTE_REQUESTS)})")
     parser.add_argument("--profile", default="quick", help="with --end-to-end")
     args = parser.parse_args()
+    if args.requests:
+        if args.route not in ROUTE_REQUESTS:
+            parser.error(f"--requests times {', '.join(ROUTE_REQUESTS)}, not {args.route!r}")
+        return per_request(args.count, args.variant, args.route, args.rows)
     if args.end_to_end:
         return end_to_end(args.repeats, args.variant, args.route, args.profile)
     cpus = sorted(os.sched_getaffinity(0))

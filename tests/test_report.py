@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import subprocess
 import sys
@@ -384,10 +385,8 @@ def test_the_pooled_slope_is_corrected_for_the_probes_noise() -> None:
     assert -12.0 < uncorrected < -3.0, uncorrected  # diluted to about -20 * 0.09 / 0.27
 
 
-def test_proxy_overhead_compares_at_one_machine_speed() -> None:
-    """benchmarks/proxy_overhead.py --end-to-end: a proxy cell on a machine 1 ms of probe
-    faster than its none cell, where the cells lose 20 sRPS per ms, is 100 vs 80 as
-    measured and 90 vs 90 at their mean speed."""
+def _proxy_overhead() -> Any:
+    """benchmarks/proxy_overhead.py as a module (benchmarks/ is not a package)."""
     import importlib.util
 
     path = Path(__file__).parents[1] / "benchmarks" / "proxy_overhead.py"
@@ -395,6 +394,14 @@ def test_proxy_overhead_compares_at_one_machine_speed() -> None:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_proxy_overhead_compares_at_one_machine_speed() -> None:
+    """benchmarks/proxy_overhead.py --end-to-end: a proxy cell on a machine 1 ms of probe
+    faster than its none cell, where the cells lose 20 sRPS per ms, is 100 vs 80 as
+    measured and 90 vs 90 at their mean speed."""
+    module = _proxy_overhead()
     cells = [ok_cell(v, [v - 2, v + 2], repeat=r) for r, v in ((1, 100.0), (2, 80.0))]
     for cell, probe in zip(cells, (3.0, 4.0), strict=True):
         cell.metrics.update(machine_probe_ms=probe, speed_slope=-20.0, speed_slope_se=1.0,
@@ -409,6 +416,23 @@ def test_proxy_overhead_compares_at_one_machine_speed() -> None:
     assert module.verdict_of(0.96, 1.03) == "within 5%"
     assert module.verdict_of(0.80, 0.94) == "apart by more than 5%"
     assert module.verdict_of(0.90, 1.01).startswith("cannot tell")
+
+
+def test_proxy_overhead_requests_verdict_from_paired_times(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """proxy_overhead.py --requests: request times 10% longer through the proxies are apart
+    (exit 1), 1% longer within 5% (exit 0); the JSON line carries the ratio and interval."""
+    module = _proxy_overhead()
+    rng = random.Random(3)
+    direct = [12.0 + rng.gauss(0, 0.5) for _ in range(300)]
+    for factor, code, verdict in ((1.10, 1, "apart by more than 5%"), (1.01, 0, "within 5%")):
+        proxied = [t * factor + rng.gauss(0, 0.2) for t in direct]
+        assert module._report_requests({"direct": direct, "proxy": proxied}, 2.0, ["fifo"] * 2,
+                                       "v", "io_create") == code
+        answer = json.loads(capsys.readouterr().out.splitlines()[-1])
+        low, high = answer["ratio_interval95"]
+        assert low < factor < high and high - low < 0.03, answer
+        assert answer["verdict"] == verdict
 
 
 def test_ci_from_repeats_is_student_t_on_the_repeats() -> None:
