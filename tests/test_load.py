@@ -49,6 +49,13 @@ def test_shipped_profiles() -> None:
     # Few users on cpu/, so a request's wait (users x 0.67 s) fits well inside the hold.
     assert quick.cpu_users is not None
     assert quick.cpu_users * quick.cpu_ms / 1000 <= quick.min_hold_s / 2
+    # Fewer users on io_read/ too: at 110 ms a request (a slow machine's count over the
+    # table) their wait fits in half the minimum hold; still more than a pool of 20.
+    for shaped in (quick, load_profile("long")):
+        io_read = shaped.for_route("io_read")
+        assert 20 < io_read.users and io_read.users * 0.110 <= shaped.min_hold_s
+        assert io_read.ramp_s <= shaped.ramp_s and shaped.for_route("io_create") == shaped
+    assert study.for_route("io_read") == study  # the study's 500 users on every route
 
 
 def test_cpu_users_shape_only_the_cpu_route() -> None:
@@ -63,6 +70,13 @@ def test_cpu_users_shape_only_the_cpu_route() -> None:
         assert profile.for_route(route).users == 10
 
 
+def test_io_read_users_shape_only_the_io_read_route() -> None:
+    profile = parse_profile("p", {**GOOD, "io_read_users": 4, "io_read_spawn_rate": 2})
+    io_read = profile.for_route("io_read")
+    assert (io_read.users, io_read.spawn_rate, io_read.ramp_s) == (4, 2, 2)
+    assert profile.for_route("cpu") == profile and profile.for_route("io_create") == profile
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"users": -1}, "'users' must be a positive number"),
     ({"users": "many"}, "'users' must be a positive number"),
@@ -75,6 +89,8 @@ def test_cpu_users_shape_only_the_cpu_route() -> None:
     ({"cpu_users": 0}, "'cpu_users' must be a positive number"),
     ({"cpu_users": 2.5}, "'cpu_users' must be a positive number"),
     ({"cpu_spawn_rate": -1}, "'cpu_spawn_rate' must be a positive number"),
+    ({"io_read_users": 1.5}, "'io_read_users' must be a positive number"),
+    ({"io_read_spawn_rate": 0}, "'io_read_spawn_rate' must be a positive number"),
 ])
 def test_bad_profiles_are_named(change: dict[str, object], message: str) -> None:
     table = {**GOOD, **change}
