@@ -40,7 +40,7 @@ from bench.load import Profile
 from bench.record import CellMetrics
 from bench.requestlog import Responses, read_responses
 from bench.results import read_csv, to_float
-from bench.steady import SteadyState, analyse
+from bench.steady import METHOD_GAPS, SteadyState, analyse
 
 SATURATED_CPU_PCT = 90.0
 # two resources.csv rows (each the mean of ~10 probes) per batch, so that a quick
@@ -51,6 +51,8 @@ SATURATED_CPU_PCT = 90.0
 SPEED_BATCH_S = 2.0
 SPEED_MIN_BATCHES = 6
 CI_METHOD = "batch means, lag-1 tested (LBATCH), after MSER-5 truncation"
+CI_METHOD_GAPS = ("batch means of the times between successes, lag-1 tested (LBATCH), "
+                  "after MSER-5 truncation")
 
 
 def steady_metrics(state: SteadyState) -> dict[str, Any]:
@@ -61,7 +63,7 @@ def steady_metrics(state: SteadyState) -> dict[str, Any]:
         "steady_srps_ci95": None if est.low is None or est.high is None else [
             round(est.low, 3), round(est.high, 3)],
         "steady_half_width_pct": None if rel is None else round(100 * rel, 2),
-        "ci_method": CI_METHOD,
+        "ci_method": CI_METHOD_GAPS if est.method == METHOD_GAPS else CI_METHOD,
         "batch_s": est.batch_s, "batches": est.batches,
         "batch_lag1": None if est.lag1 is None else round(est.lag1, 3),
         "batches_independent": est.independent,

@@ -22,6 +22,7 @@ async_unlimited 1.500 / 1.429 / 1.429.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from bench.machine import cpu_work_text  # noqa: E402
 from bench.processes import run_to_end  # noqa: E402
 from bench.report.data import Run, load_run  # noqa: E402
+from bench.report.stats import CALIBRATION_Z, cell_se  # noqa: E402
 
 VARIANTS = "sync_gunicorn,sync_gthread,async_unlimited"
 SPREAD = 1.10  # highest / lowest steady sRPS of a variant's runs that still agree
@@ -48,6 +50,7 @@ def run_once(out: Path, variants: str, profile: str) -> None:
 def report(runs: list[Run]) -> int:
     ok = True
     steady: dict[str, list[float]] = {}
+    cells: dict[str, list[tuple[float, float | None, float | None, str]]] = {}
     for run in runs:
         calibration = run.info.get("machine_calibration") or {}
         work = run.info.get("cpu_work") or {}
@@ -62,11 +65,25 @@ def report(runs: list[Run]) -> int:
                 print(f"  {cell.cell_id}: {cell.status} ({cell.reason})")
                 continue
             steady.setdefault(cell.column, []).append(value)
+            cells.setdefault(cell.column, []).append(
+                (value, cell.metric("steady_half_width_pct"), cell_se(cell),
+                 "gaps" if "between successes" in str(cell.metrics.get("ci_method")) else "bins"))
     print(f"\n{'variant':<20} {'steady sRPS per run':<30} {'highest / lowest':>16}")
     for column, values in steady.items():
         spread = max(values) / min(values) if min(values) > 0 else float("inf")
         ok = ok and spread <= SPREAD and len(values) == len(runs)
         print(f"{column:<20} {' '.join(f'{v:.3f}' for v in values):<30} {spread:>16.3f}")
+    # The runs' own intervals against each other: z = |difference| / combined standard
+    # error, as benchmarks/calibration.py does for repeats within one run.
+    print(f"\n{'variant':<20} {'steady sRPS ± half-width (interval from)':<56} z of each pair")
+    for column, entries in cells.items():
+        shown = " / ".join(f"{v:.3f} ± {w if w is not None else float('nan'):.1f}% ({how})"
+                           for v, w, _, how in entries)
+        zs = [abs(a[0] - b[0]) / math.hypot(a[2], b[2])
+              for i, a in enumerate(entries) for b in entries[i + 1:]
+              if a[2] is not None and b[2] is not None and math.hypot(a[2], b[2]) > 0]
+        above = f" (above {CALIBRATION_Z})" if any(z > CALIBRATION_Z for z in zs) else ""
+        print(f"{column:<20} {shown:<56} {' '.join(f'{z:.2f}' for z in zs)}{above}")
     print(f"\nagree: every variant's runs within {SPREAD:.2f}x, every cell ok" if ok else
           f"\ndisagree: a variant's runs differ by more than {SPREAD:.2f}x, or a cell is not ok")
     return 0 if ok else 1
