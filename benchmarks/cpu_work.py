@@ -17,6 +17,13 @@ sync_gunicorn 1.93, 1.29 and 1.00 sRPS; the CPU-time budget gave 1.50, 1.50 and 
 This script's own run: calibrations of 56.4, 94.7 and 77.4 ms (sized loops would have been
 11.9, 7.1 and 8.7 million turns); sync_gunicorn and sync_gthread 1.500 in all three,
 async_unlimited 1.500 / 1.429 / 1.429.
+
+It also prints each run's interval and the z of each pair of runs (|difference| / combined
+standard error, as benchmarks/calibration.py). With sync_gunicorn's interval from the
+times between successes (bench/steady.py, 2026-12-07): 1.477, 1.482, 1.484 at ±0.4, 0.3,
+0.1% gave z 1.8, 2.9, 1.2, which is why no interval is under ±1% now; with the floor, a
+new three runs gave 1.482, 1.480, 1.475 ± 1.0%, z 0.22, 0.78, 0.49. sync_gthread (±22-36%)
+and async_unlimited (±79-86%) answer in groups and keep wide intervals: z under 0.1.
 """
 
 from __future__ import annotations

@@ -293,3 +293,15 @@ def test_no_interval_claims_less_than_the_floor() -> None:
     assert est.method == METHOD_GAPS
     assert est.mean == pytest.approx(1 / 0.67)
     assert est.relative_half_width == pytest.approx(MIN_RELATIVE_HALF_WIDTH)
+
+
+def test_cell_metrics_name_the_interval_they_took() -> None:
+    """cell.json's ci_method says when the interval came from the gaps (results/README.md)."""
+    from bench.metrics import CI_METHOD, CI_METHOD_GAPS, steady_metrics
+
+    regular = steady_metrics(analyse(np.arange(0.1, 30.0, 0.67), 0.0, 30.0))
+    rng = np.random.default_rng(5)
+    busy = steady_metrics(analyse(np.sort(rng.uniform(0, 20, 2000)), 0.0, 20.0))
+    assert regular["ci_method"] == CI_METHOD_GAPS
+    assert regular["steady_half_width_pct"] == pytest.approx(100 * MIN_RELATIVE_HALF_WIDTH)
+    assert busy["ci_method"] == CI_METHOD
