@@ -47,8 +47,8 @@ narrower of the two: an event loop that answers four requests at once leaves gap
 0 and 3.6 s, whose short batches are far from normal and whose interval is wider than the
 bins'. In simulation (tests/test_steady.py) one worker ending a request every 0.67 s
 (CV 3%) over a 14-s window got ±1.6% from the gaps against ±35% from the bins, covering
-the true rate 97.5% of the time, and a Poisson stream of 1.5/s, where neither is better,
-94.5% with the choice. MSER and the halves test stay on the bins.
+the true rate in 98.5% of 200 series, and a Poisson stream of 1.5/s, where neither is
+better, 92% with the choice (94% from the bins alone). MSER and the halves test stay on the bins.
 
 No interval is narrower than MIN_RELATIVE_HALF_WIDTH of its rate. A cell's own data cannot
 see how its rerun will differ: three runs of sync_gunicorn cpu/ 0 ms gave 1.477, 1.482 and
