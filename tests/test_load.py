@@ -286,8 +286,9 @@ def test_metrics_definitions(tmp_path: Path) -> None:
     m = cell_metrics(tmp_path, profile, end_s=42.0)
     assert m["warmup_s"] == 2.0 and m["window_s"] == 40.0 and not m["unsteady"]
     assert m["steady_srps"] == 48.0
-    # perfectly even arrivals: every batch holds the same count, so the interval is a point
-    assert m["steady_srps_ci95"] == [48.0, 48.0]
+    # perfectly even arrivals: every batch holds the same count, so the batches' interval is
+    # a point, reported at the floor of ±1% (bench/steady.py MIN_RELATIVE_HALF_WIDTH)
+    assert m["steady_srps_ci95"] == [47.52, 48.48]
     assert m["total_successes"] == 10 + 40 * 48 and m["total_failures"] == 40
     assert m["failures_by_kind"] == {"timeout": 40}
     assert m["steady_failures_per_s"] == 1.0
