@@ -298,7 +298,7 @@ def gap_estimate(success_times_s: Sequence[float] | np.ndarray, start_s: float, 
     if len(gaps) < MIN_BATCHES:
         return None
     est = batch_means(gaps, bin_s=1.0)  # bin_s 1: plain means of the gaps, in seconds
-    if est.low is None or est.high is None or est.low <= 0 or est.mean <= 0:
+    if est.low is None or est.high is None or est.low <= 0:  # low > 0: so is the mean
         return None
     return BatchMeans(1 / est.mean, 1 / est.high, 1 / est.low, est.batch_s * est.mean,
                       est.batches, est.lag1, est.independent, METHOD_GAPS)

@@ -29,7 +29,6 @@ and async_unlimited (±79-86%) answer in groups and keep wide intervals: z under
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -38,9 +37,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.machine import cpu_work_text  # noqa: E402
+from bench.metrics import CI_METHOD_GAPS  # noqa: E402
 from bench.processes import run_to_end  # noqa: E402
+from bench.record import CellRecord  # noqa: E402
 from bench.report.data import Run, load_run  # noqa: E402
-from bench.report.stats import CALIBRATION_Z, cell_se  # noqa: E402
+from bench.report.stats import CALIBRATION_Z, pair_z  # noqa: E402
 
 VARIANTS = "sync_gunicorn,sync_gthread,async_unlimited"
 SPREAD = 1.10  # highest / lowest steady sRPS of a variant's runs that still agree
@@ -57,7 +58,7 @@ def run_once(out: Path, variants: str, profile: str) -> None:
 def report(runs: list[Run]) -> int:
     ok = True
     steady: dict[str, list[float]] = {}
-    cells: dict[str, list[tuple[float, float | None, float | None, str]]] = {}
+    cells: dict[str, list[CellRecord]] = {}
     for run in runs:
         calibration = run.info.get("machine_calibration") or {}
         work = run.info.get("cpu_work") or {}
@@ -72,9 +73,7 @@ def report(runs: list[Run]) -> int:
                 print(f"  {cell.cell_id}: {cell.status} ({cell.reason})")
                 continue
             steady.setdefault(cell.column, []).append(value)
-            cells.setdefault(cell.column, []).append(
-                (value, cell.metric("steady_half_width_pct"), cell_se(cell),
-                 "gaps" if "between successes" in str(cell.metrics.get("ci_method")) else "bins"))
+            cells.setdefault(cell.column, []).append(cell)
     print(f"\n{'variant':<20} {'steady sRPS per run':<30} {'highest / lowest':>16}")
     for column, values in steady.items():
         spread = max(values) / min(values) if min(values) > 0 else float("inf")
@@ -84,11 +83,12 @@ def report(runs: list[Run]) -> int:
     # error, as benchmarks/calibration.py does for repeats within one run.
     print(f"\n{'variant':<20} {'steady sRPS ± half-width (interval from)':<56} z of each pair")
     for column, entries in cells.items():
-        shown = " / ".join(f"{v:.3f} ± {w if w is not None else float('nan'):.1f}% ({how})"
-                           for v, w, _, how in entries)
-        zs = [abs(a[0] - b[0]) / math.hypot(a[2], b[2])
-              for i, a in enumerate(entries) for b in entries[i + 1:]
-              if a[2] is not None and b[2] is not None and math.hypot(a[2], b[2]) > 0]
+        shown = " / ".join(
+            f"{c.metric('steady_srps') or 0:.3f} ± {c.metric('steady_half_width_pct') or 0:.1f}%"
+            f" ({'gaps' if c.metrics.get('ci_method') == CI_METHOD_GAPS else 'bins'})"
+            for c in entries)
+        zs = [z for i, a in enumerate(entries) for b in entries[i + 1:]
+              if (z := pair_z(a, b)) is not None]
         above = f" (above {CALIBRATION_Z})" if any(z > CALIBRATION_Z for z in zs) else ""
         print(f"{column:<20} {shown:<56} {' '.join(f'{z:.2f}' for z in zs)}{above}")
     print(f"\nagree: every variant's runs within {SPREAD:.2f}x, every cell ok" if ok else

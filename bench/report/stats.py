@@ -218,6 +218,16 @@ def cell_se(cell: CellRecord) -> float | None:
     return (ci[1] - ci[0]) / 2 / t_quantile(int(batches) - 1)
 
 
+def pair_z(a: CellRecord, b: CellRecord) -> float | None:
+    """|difference| / sqrt(se_a^2 + se_b^2) of two cells' steady sRPS, from their own
+    intervals; None where either lacks a value or an interval."""
+    va, vb = a.metric("steady_srps"), b.metric("steady_srps")
+    sa, sb = cell_se(a), cell_se(b)
+    if va is None or vb is None or sa is None or sb is None:
+        return None
+    return _z(va - vb, math.hypot(sa, sb))
+
+
 def repeat_pairs(cells: list[CellRecord]) -> list[RepeatPair]:
     """Every pair of successful repeats of each (column, route, latency), with
     z = |difference| / sqrt(se_a^2 + se_b^2) from the cells' own intervals."""
