@@ -7,6 +7,7 @@ sRPS through the proxy within 5% of the same cell without it.
     python benchmarks/proxy_overhead.py --postgres [--connections-pg N]
     python benchmarks/proxy_overhead.py --end-to-end [--repeats N] [--variant V] [--route R]
     python benchmarks/proxy_overhead.py --requests [--count N] [--variant V] [--route R]
+        [--relay ours|haproxy]
 
 An echo server on loopback answers each message at once. Round trips are timed direct
 and through the proxy (bench/latency/proxy.py, a process of its own, as in a run); the
@@ -42,6 +43,12 @@ interval (scipy), and the proxies' CPU per request (/proc/PID/task/*/schedstat).
 that serves one request at a time (sync_gunicorn) loses about that share of its throughput.
 The --end-to-end cells' ratios scatter by 0.82-1.02 with the machine's speed; these pairs
 are milliseconds apart.
+
+--requests --relay haproxy: the same pairs with HAProxy (`apt-get install haproxy`) as the
+relay instead of ours: one HAProxy process per hop (mode tcp, one thread), placed and
+scheduled as ours (the server's core, SCHED_FIFO where permitted). HAProxy is a
+well-tuned relay in C with no delay to apply: what it costs is the floor of any TCP relay
+a process runs on this machine, which tells our proxy's own share from the hop's.
 """
 
 from __future__ import annotations
@@ -311,7 +318,86 @@ ROUTE_REQUESTS = {  # what the locustfile sends (load/locustfile.py), one fixed 
 }
 
 
-def per_request(count: int, variant_name: str, route: str, rows: int) -> int:
+HAPROXY_CONFIG = """\
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 120s
+    timeout server 120s
+listen hop
+    bind 127.0.0.1:{port}
+    server upstream {host}:{upstream_port}
+"""
+
+
+class HaproxySession:
+    """One HAProxy per hop, in place of ProxySession's two proxies at 0 ms (--relay
+    haproxy): the same endpoints, placement and scheduling."""
+
+    def __init__(self, cpus: list[int], folder: Path) -> None:
+        import shutil
+
+        binary = shutil.which("haproxy")
+        if binary is None:
+            raise SystemExit("--relay haproxy: no haproxy on PATH (apt-get install haproxy)")
+        self.binary = binary
+        self.cpus, self.folder = cpus, folder
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.sched: list[str] = []
+
+    def _start(self, host: str, upstream_port: int) -> tuple[str, int]:
+        from bench.latency.proxy import REALTIME_PRIORITY, realtime_permitted
+        from bench.net import free_port, is_listening
+        from bench.processes import child_setup
+
+        port = free_port("127.0.0.1")
+        config = self.folder / f"haproxy-{port}.cfg"
+        config.write_text(HAPROXY_CONFIG.format(port=port, host=host,
+                                                upstream_port=upstream_port))
+        proc = subprocess.Popen([self.binary, "-db", "-f", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=child_setup(self.cpus))
+        self.procs.append(proc)
+        deadline = time.monotonic() + 15
+        while not is_listening("127.0.0.1", port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"haproxy did not listen on 127.0.0.1:{port} ({config})")
+            time.sleep(0.05)  # poll interval of the readiness check
+        policy = "other"
+        if realtime_permitted():
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                os.sched_setscheduler(int(task.name), os.SCHED_FIFO,
+                                      os.sched_param(REALTIME_PRIORITY))
+            policy = "fifo"
+        self.sched.append(policy)
+        return "127.0.0.1", port
+
+    def db_endpoint(self, pg_host: str, pg_port: int) -> tuple[str, int]:
+        return self._start(pg_host, pg_port)
+
+    def client_endpoint(self, server_port: int) -> tuple[str, int]:
+        return self._start("127.0.0.1", server_port)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.poll() is None]
+
+    def schedulings(self) -> list[str]:
+        return list(self.sched)
+
+    def close(self) -> None:
+        from bench.processes import stop_process
+
+        for proc in self.procs:
+            stop_process(proc, 5.0)
+        self.procs.clear()
+
+
+def per_request(count: int, variant_name: str, route: str, rows: int, relay: str = "ours"
+                ) -> int:
     from bench.latency.proxy import ProxySession
     from bench.net import free_port
     from bench.postgres import PostgresCluster
@@ -331,9 +417,11 @@ def per_request(count: int, variant_name: str, route: str, rows: int) -> int:
     place = placement()
     os.sched_setaffinity(0, place["other_cpus"])
     os.environ[AT_ZERO_ENV] = "1"  # the proxies stay in at 0 ms: their hop is measured
-    session = ProxySession(0, cpus=place["latency_cpus"])
     servers: list[ServerProcess] = []
     with PostgresCluster() as cluster, tempfile.TemporaryDirectory(prefix="proxy-rq-") as tmp:
+        session: ProxySession | HaproxySession = (
+            HaproxySession(place["latency_cpus"], Path(tmp)) if relay == "haproxy"
+            else ProxySession(0, cpus=place["latency_cpus"]))
         cluster.start()
         assert cluster.postmaster_pid is not None and cluster.port is not None
         psutil.Process(cluster.postmaster_pid).cpu_affinity(place["other_cpus"])
@@ -368,11 +456,11 @@ def per_request(count: int, variant_name: str, route: str, rows: int) -> int:
                 server.stop()
             session.close()
             cluster.drop_database(db)
-    return _report_requests(times, proxy_cpu, schedulings, variant_name, route)
+    return _report_requests(times, proxy_cpu, schedulings, variant_name, route, relay)
 
 
 def _report_requests(times: dict[str, list[float]], proxy_cpu_ms: float, schedulings: list[str],
-                     variant: str, route: str) -> int:
+                     variant: str, route: str, relay: str = "ours") -> int:
     import numpy as np
     from scipy import stats
 
@@ -387,11 +475,12 @@ def _report_requests(times: dict[str, list[float]], proxy_cpu_ms: float, schedul
                f"apart by more than {END_TO_END_TARGET:.0%}" if low > target else
                "cannot tell at this noise: more pairs")
     print(f"{variant} {route}/ at 0 ms, {len(direct)} pairs: direct {np.median(direct):.2f} ms, "
-          f"through the proxies ({'/'.join(schedulings)}) {np.median(proxied):.2f} ms a request "
+          f"through {'HAProxy' if relay == 'haproxy' else 'the proxies'} "
+          f"({'/'.join(schedulings)}) {np.median(proxied):.2f} ms a request "
           f"(medians): ratio {ratio:.3f} (95% {low:.3f}..{high:.3f}), "
           f"+{np.median(proxied) - np.median(direct):.2f} ms; the proxies used "
           f"{proxy_cpu_ms:.2f} ms of CPU a request: {verdict}")
-    print(json.dumps({"variant": variant, "route": route, "pairs": len(direct),
+    print(json.dumps({"variant": variant, "route": route, "relay": relay, "pairs": len(direct),
                       "direct_median_ms": round(float(np.median(direct)), 3),
                       "proxy_median_ms": round(float(np.median(proxied)), 3),
                       "ratio": round(ratio, 4), "ratio_interval95": [round(low, 4), round(high, 4)],
@@ -438,11 +527,15 @@ def main() -> int:
     parser.add_argument("--route", default="io_create", help="with --end-to-end or --requests "
                         f"(--requests: {', '.join(ROUTE_REQUESTS)})")
     parser.add_argument("--profile", default="quick", help="with --end-to-end")
+    parser.add_argument("--relay", choices=("ours", "haproxy"), default="ours",
+                        help="with --requests: the relay of the second path (default ours)")
     args = parser.parse_args()
+    if args.relay != "ours" and not args.requests:
+        parser.error("--relay goes with --requests")
     if args.requests:
         if args.route not in ROUTE_REQUESTS:
             parser.error(f"--requests times {', '.join(ROUTE_REQUESTS)}, not {args.route!r}")
-        return per_request(args.count, args.variant, args.route, args.rows)
+        return per_request(args.count, args.variant, args.route, args.rows, args.relay)
     if args.end_to_end:
         return end_to_end(args.repeats, args.variant, args.route, args.profile)
     cpus = sorted(os.sched_getaffinity(0))

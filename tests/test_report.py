@@ -636,3 +636,23 @@ def test_repeats_are_averaged_and_their_ci_is_student_t(tmp_path: Path) -> None:
     assert "| 0 | 12.5 & 100 (1 of 2 repeats) |" in cpu
     assert "mean over the repeats with a Student t interval" in md
 
+
+
+def test_proxy_overhead_relay_inputs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/proxy_overhead.py --relay: only with --requests, one of its two choices,
+    and without haproxy on PATH one line saying how to get it; the config it writes names
+    the hop's two ends."""
+    module = _proxy_overhead()
+    for argv, message in ((["--relay", "haproxy"], "--relay goes with --requests"),
+                          (["--requests", "--relay", "nginx"], "invalid choice: 'nginx'")):
+        monkeypatch.setattr(sys, "argv", ["proxy_overhead.py", *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            module.main()
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SystemExit, match=r"no haproxy on PATH \(apt-get install haproxy\)"):
+        module.HaproxySession([0], tmp_path)
+    config = module.HAPROXY_CONFIG.format(port=1234, host="10.0.0.2", upstream_port=5432)
+    assert "bind 127.0.0.1:1234" in config and "server upstream 10.0.0.2:5432" in config
