@@ -8,12 +8,13 @@ L ms after it arrived, in order.
 At 0 ms there is no proxy: the server dials PostgreSQL and Locust dials the server
 directly, as with --latency-backend none. netem at 0 ms adds nothing to the path, but a
 proxy is a process every message has to wake up: about 0.02 ms per message on these
-machines, the same through HAProxy, and a cell that opens a PostgreSQL connection per
-request sends about sixteen. It cost sync_gunicorn io_create/ 0 ms 7% of its steady sRPS
-(0.93 of no proxy over 9 repeats; benchmarks/proxy_overhead.py --end-to-end), a cost
-netem's baseline never had. At L > 0 the same hop is under 0.1% of what L adds to such a
-request (2L per connection plus L per round trip). BENCH_PROXY_AT_ZERO=1 keeps the proxies
-at 0 ms, to measure the hop.
+machines, and a cell that opens a PostgreSQL connection per request sends about sixteen.
+Our proxies cost sync_gunicorn io_create/ 0 ms 7% of its steady sRPS (0.93 of no proxy
+over 9 repeats; benchmarks/proxy_overhead.py --end-to-end), a cost netem's baseline never
+had. Request by request, HAProxy in their place costs that cell about 5% and ours
+6.6-8.5% (the README; benchmarks/proxy_overhead.py --requests --relay haproxy). At
+L > 0 the same hop is under 0.1% of what L adds to such a request (2L per connection plus
+L per round trip). BENCH_PROXY_AT_ZERO=1 keeps the proxies at 0 ms, to measure the hop.
 
 This module is the harness's side: starting a proxy process, reading the address it
 listens on, stopping it. What the proxy does not model is in delay_proxy.py's docstring.
