@@ -47,8 +47,8 @@ are milliseconds apart.
 --requests --relay haproxy: the same pairs with HAProxy (`apt-get install haproxy`) as the
 relay instead of ours: one HAProxy process per hop (mode tcp, one thread), placed and
 scheduled as ours (the server's core, SCHED_FIFO where permitted). HAProxy is a
-well-tuned relay in C with no delay to apply: what it costs is the floor of any TCP relay
-a process runs on this machine, which tells our proxy's own share from the hop's.
+well-tuned relay in C with no delay to apply: about the least a relay that runs as a
+process costs here, which tells our proxy's own share of the hop from the hop's.
 """
 
 from __future__ import annotations
