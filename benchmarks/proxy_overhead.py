@@ -349,7 +349,7 @@ class HaproxySession:
         self.sched: list[str] = []
 
     def _start(self, host: str, upstream_port: int) -> tuple[str, int]:
-        from bench.latency.proxy import REALTIME_PRIORITY, realtime_permitted
+        from bench.latency.proxy import READY_TIMEOUT_S, REALTIME_PRIORITY, realtime_permitted
         from bench.net import free_port, is_listening
         from bench.processes import child_setup
 
@@ -362,7 +362,7 @@ class HaproxySession:
                                 stderr=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=child_setup(self.cpus))
         self.procs.append(proc)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + READY_TIMEOUT_S
         while not is_listening("127.0.0.1", port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"haproxy did not listen on 127.0.0.1:{port} ({config})")
@@ -389,10 +389,11 @@ class HaproxySession:
         return list(self.sched)
 
     def close(self) -> None:
+        from bench.latency.proxy import STOP_GRACE_S
         from bench.processes import stop_process
 
         for proc in self.procs:
-            stop_process(proc, 5.0)
+            stop_process(proc, STOP_GRACE_S)
         self.procs.clear()
 
 
