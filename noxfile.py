@@ -57,11 +57,19 @@ def install_uml(session: nox.Session) -> None:
         apt_install(session, "user-mode-linux", "kmod", "iproute2", "gcc")
 
 
+def install_cc(session: nox.Session) -> None:
+    """The latency proxy is a C program (bench/latency/delay_relay.c) built on first use;
+    without a compiler the harness runs its Python twin, which costs a cell more."""
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        apt_install(session, "gcc")
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmark matrix, then the report. Arguments after -- go to `bench run`."""
     install_bench(session)
     install_pgbouncer(session)
+    install_cc(session)
     session.run("python", "-m", "bench", "run", *session.posargs)
 
 

@@ -475,7 +475,18 @@ class Runner:
         """(backend, why) for this run; Docker mode probes inside its containers instead."""
         if self.config.target:
             return "none", "--target: the deployment runs elsewhere, on its own network"
-        return resolve_backend(self.config.latency_backend)
+        backend, why = resolve_backend(self.config.latency_backend)
+        if backend == "proxy":  # which program: the C relay where it builds (relay.py)
+            from bench.latency import relay
+
+            try:
+                chosen = relay.choose()
+            except relay.RelayError as exc:
+                raise RunError(str(exc)) from None
+            program = ("the C relay, bench/latency/delay_relay.c" if chosen.name == "c"
+                       else "the Python proxy, bench/latency/delay_proxy.py")
+            why = f"{why}; the proxy program: {program} ({chosen.why})"
+        return backend, why
 
     def prepare(self) -> None:
         """Slow work before the first cell, kept out of the constructor (Docker mode: the

@@ -6,8 +6,9 @@ sRPS through the proxy within 5% of the same cell without it.
     python benchmarks/proxy_overhead.py [--round-trips N] [--connections C] [--seconds S]
     python benchmarks/proxy_overhead.py --postgres [--connections-pg N]
     python benchmarks/proxy_overhead.py --end-to-end [--repeats N] [--variant V] [--route R]
+        [--relay ours|python]
     python benchmarks/proxy_overhead.py --requests [--count N] [--variant V] [--route R]
-        [--relay ours|haproxy]
+        [--relay ours|python|haproxy]
 
 An echo server on loopback answers each message at once. Round trips are timed direct
 and through the proxy (bench/latency/proxy.py, a process of its own, as in a run); the
@@ -44,6 +45,10 @@ that serves one request at a time (sync_gunicorn) loses about that share of its 
 The --end-to-end cells' ratios scatter by 0.82-1.02 with the machine's speed; these pairs
 are milliseconds apart.
 
+--relay: which program relays. `ours` (the default): what a run starts, the C relay
+(bench/latency/delay_relay.c) where this machine compiles it, else the Python proxy;
+`python`: the Python proxy (bench/latency/delay_proxy.py) whatever the compiler.
+
 --requests --relay haproxy: the same pairs with HAProxy (`apt-get install haproxy`) as the
 relay instead of ours: one HAProxy process per hop (mode tcp, one thread), placed and
 scheduled as ours (the server's core, SCHED_FIFO where permitted). HAProxy is a
@@ -71,6 +76,7 @@ from typing import Any
 import psutil
 
 from bench.latency.proxy import AT_ZERO_ENV, ProxyProcess
+from bench.latency.relay import RELAY_ENV, choose
 from bench.processes import run_to_end
 from bench.report.data import CellRecord, load_run
 from bench.report.stats import pooled_slope
@@ -475,13 +481,16 @@ def _report_requests(times: dict[str, list[float]], proxy_cpu_ms: float, schedul
     verdict = (f"within {END_TO_END_TARGET:.0%}" if high <= target else
                f"apart by more than {END_TO_END_TARGET:.0%}" if low > target else
                "cannot tell at this noise: more pairs")
+    through = ("HAProxy" if relay == "haproxy" else
+               f"the proxies ({'C relay' if choose().name == 'c' else 'Python proxy'})")
     print(f"{variant} {route}/ at 0 ms, {len(direct)} pairs: direct {np.median(direct):.2f} ms, "
-          f"through {'HAProxy' if relay == 'haproxy' else 'the proxies'} "
+          f"through {through} "
           f"({'/'.join(schedulings)}) {np.median(proxied):.2f} ms a request "
           f"(medians): ratio {ratio:.3f} (95% {low:.3f}..{high:.3f}), "
           f"+{np.median(proxied) - np.median(direct):.2f} ms; the proxies used "
           f"{proxy_cpu_ms:.2f} ms of CPU a request: {verdict}")
-    print(json.dumps({"variant": variant, "route": route, "relay": relay, "pairs": len(direct),
+    program = relay if relay == "haproxy" else choose().name
+    print(json.dumps({"variant": variant, "route": route, "relay": program, "pairs": len(direct),
                       "direct_median_ms": round(float(np.median(direct)), 3),
                       "proxy_median_ms": round(float(np.median(proxied)), 3),
                       "ratio": round(ratio, 4), "ratio_interval95": [round(low, 4), round(high, 4)],
@@ -528,11 +537,17 @@ def main() -> int:
     parser.add_argument("--route", default="io_create", help="with --end-to-end or --requests "
                         f"(--requests: {', '.join(ROUTE_REQUESTS)})")
     parser.add_argument("--profile", default="quick", help="with --end-to-end")
-    parser.add_argument("--relay", choices=("ours", "haproxy"), default="ours",
-                        help="with --requests: the relay of the second path (default ours)")
+    parser.add_argument("--relay", choices=("ours", "python", "haproxy"), default="ours",
+                        help="with --requests or --end-to-end: the relay of the proxied path: "
+                             "ours (the C relay where it builds, as a run), python (the "
+                             "Python proxy), haproxy (--requests only)")
     args = parser.parse_args()
-    if args.relay != "ours" and not args.requests:
-        parser.error("--relay goes with --requests")
+    if args.relay != "ours" and not (args.requests or args.end_to_end):
+        parser.error("--relay goes with --requests or --end-to-end")
+    if args.relay == "haproxy" and not args.requests:
+        parser.error("--relay haproxy goes with --requests")
+    if args.relay == "python":
+        os.environ[RELAY_ENV] = "python"  # ProxySession's proxies, here and in bench run
     if args.requests:
         if args.route not in ROUTE_REQUESTS:
             parser.error(f"--requests times {', '.join(ROUTE_REQUESTS)}, not {args.route!r}")

@@ -89,6 +89,15 @@ def test_netem_where_the_kernel_lacks_it() -> None:
                           "netem")
 
 
+def test_an_unknown_proxy_program_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("BENCH_PROXY_RELAY", "rust")
+    assert_one_line_error(bench("run", "--latency-backend", "proxy", "--variants",
+                                "sync_gunicorn", "--routes", "cpu", "--latencies", "100",
+                                "--out", str(tmp_path / "run")),
+                          "BENCH_PROXY_RELAY='rust'", "c, python")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_with_another_configuration_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "old"
     folder.mkdir()

@@ -24,6 +24,7 @@ from bench.latency import auto as latency_auto
 from bench.latency.delay_proxy import EVENT_LOOP, DelayedWriter, delays
 from bench.latency.netem import NETEM_LIMIT, NetemSession, Topology, netem_qdisc_command
 from bench.latency.proxy import AT_ZERO_ENV, ProxyProcess, ProxySession, realtime_permitted
+from bench.latency.relay import RELAY_ENV, RelayError, build, choose
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,6 +72,23 @@ def echo() -> Iterator[EchoServer]:
     server.close()
 
 
+@pytest.fixture(params=["c", "python"])
+def relay_name(request: pytest.FixtureRequest) -> str:
+    """Each proxy test runs both programs: the C relay and the Python proxy."""
+    if request.param == "c" and build()[0] is None:
+        pytest.skip(f"the C relay cannot run here: {build()[1]}")
+    return str(request.param)
+
+
+def relay_command(relay_name: str) -> list[str]:
+    """The command line that starts the proxy program `relay_name`, before its arguments."""
+    import sys
+
+    binary = choose(relay_name).binary
+    return [str(binary)] if binary is not None else [sys.executable, "-m",
+                                                      "bench.latency.delay_proxy"]
+
+
 def round_trips_ms(host: str, port: int, count: int = 20) -> list[float]:
     with socket.create_connection((host, port), timeout=5) as conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -91,8 +109,8 @@ def round_trips_ms(host: str, port: int, count: int = 20) -> list[float]:
 @pytest.mark.parametrize(("direction", "delay_ms"), [("upstream", 80), ("downstream", 80),
                                                      ("both", 40)])
 def test_proxy_adds_its_delay_once_per_round_trip(echo: EchoServer, direction: str,
-                                                  delay_ms: int) -> None:
-    proxy = ProxyProcess(("127.0.0.1", echo.port), delay_ms, direction)
+                                                  delay_ms: int, relay_name: str) -> None:
+    proxy = ProxyProcess(("127.0.0.1", echo.port), delay_ms, direction, relay=relay_name)
     host, port = proxy.start()
     try:
         times = round_trips_ms(host, port)
@@ -107,11 +125,11 @@ def test_proxy_adds_its_delay_once_per_round_trip(echo: EchoServer, direction: s
 @pytest.mark.parametrize(("direction", "delay_ms"), [("upstream", 80), ("downstream", 80),
                                                      ("both", 40)])
 def test_a_new_connection_pays_the_handshake_netem_would_delay(
-        echo: EchoServer, direction: str, delay_ms: int) -> None:
+        echo: EchoServer, direction: str, delay_ms: int, relay_name: str) -> None:
     """Under netem a connect() costs d_up + d_down and each round trip after it d_up +
     d_down (80 ms here, whatever the direction): the proxy cannot delay the handshake, so
     the first message is held instead, and connect + first round trip takes 160 ms."""
-    proxy = ProxyProcess(("127.0.0.1", echo.port), delay_ms, direction)
+    proxy = ProxyProcess(("127.0.0.1", echo.port), delay_ms, direction, relay=relay_name)
     host, port = proxy.start()
     try:
         t0 = time.perf_counter()
@@ -147,8 +165,8 @@ def test_the_proxy_session_leaves_the_path_direct_at_zero(echo: EchoServer,
 
 
 @pytest.mark.alone
-def test_proxy_at_zero_adds_under_a_millisecond(echo: EchoServer) -> None:
-    proxy = ProxyProcess(("127.0.0.1", echo.port), 0, "upstream")
+def test_proxy_at_zero_adds_under_a_millisecond(echo: EchoServer, relay_name: str) -> None:
+    proxy = ProxyProcess(("127.0.0.1", echo.port), 0, "upstream", relay=relay_name)
     host, port = proxy.start()
     try:
         times = round_trips_ms(host, port, 50)
@@ -163,8 +181,8 @@ def test_proxy_runs_on_uvloop_where_it_is_installed() -> None:
     assert EVENT_LOOP == "uvloop"
 
 
-def test_proxy_keeps_order_and_every_byte(echo: EchoServer) -> None:
-    proxy = ProxyProcess(("127.0.0.1", echo.port), 20, "both")
+def test_proxy_keeps_order_and_every_byte(echo: EchoServer, relay_name: str) -> None:
+    proxy = ProxyProcess(("127.0.0.1", echo.port), 20, "both", relay=relay_name)
     host, port = proxy.start()
     sent = b"".join(f"{i:06d}".encode() for i in range(20000))  # 120 kB in many writes
     try:
@@ -181,11 +199,11 @@ def test_proxy_keeps_order_and_every_byte(echo: EchoServer) -> None:
     assert bytes(echo.received) == sent
 
 
-def test_proxy_closes_the_client_when_the_upstream_refuses() -> None:
+def test_proxy_closes_the_client_when_the_upstream_refuses(relay_name: str) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
-    proxy = ProxyProcess(("127.0.0.1", dead_port), 10, "upstream")
+    proxy = ProxyProcess(("127.0.0.1", dead_port), 10, "upstream", relay=relay_name)
     host, port = proxy.start()
     try:
         with socket.create_connection((host, port), timeout=5) as conn:
@@ -193,6 +211,100 @@ def test_proxy_closes_the_client_when_the_upstream_refuses() -> None:
             assert conn.recv(10) == b""  # closed, no answer
     finally:
         proxy.stop()
+
+
+def test_proxy_passes_megabytes_both_ways_while_pausing_a_fast_sender(
+        echo: EchoServer, relay_name: str) -> None:
+    """20 MB each way through a delaying proxy: more than it holds for a side before it
+    stops reading it (16 MiB in the C relay), so reading pauses and resumes."""
+    proxy = ProxyProcess(("127.0.0.1", echo.port), 20, "both", relay=relay_name)
+    host, port = proxy.start()
+    block = bytes(range(256)) * 4096  # 1 MiB
+    sent = block * 20
+    got = bytearray()
+    try:
+        with socket.create_connection((host, port), timeout=30) as conn:
+            def send() -> None:
+                conn.sendall(sent)
+                conn.shutdown(socket.SHUT_WR)
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            while data := conn.recv(1 << 20):
+                got += data
+            sender.join(30)
+    finally:
+        proxy.stop()
+    assert len(got) == len(sent) and bytes(got) == sent
+
+
+def test_proxy_sleeps_while_a_closed_connection_waits_for_its_late_fin(
+        relay_name: str) -> None:
+    """A client whose half is over both ways (it sent its FIN, and the server's reached it)
+    while its own FIN is still held for L: the proxy waits for the timer, it does not spin
+    on the hang-up epoll reports for that socket meanwhile."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        proxy = ProxyProcess(("127.0.0.1", listener.getsockname()[1]), 400, "downstream",
+                             relay=relay_name)
+        host, port = proxy.start()
+        try:
+            with socket.create_connection((host, port), timeout=5) as conn:
+                upstream, _ = listener.accept()
+                upstream.sendall(b"hello")
+                upstream.shutdown(socket.SHUT_WR)  # the server's FIN: passed on at once
+                assert conn.recv(16) == b"hello" and conn.recv(16) == b""
+                conn.shutdown(socket.SHUT_WR)  # held for 400 ms (and its handshake, 800)
+                time.sleep(0.05)
+                assert proxy.pid is not None
+                before = psutil.Process(proxy.pid).cpu_times()
+                time.sleep(0.5)
+                after = psutil.Process(proxy.pid).cpu_times()
+                upstream.settimeout(5)
+                assert upstream.recv(16) == b""  # the late FIN arrives in the end
+                upstream.close()
+        finally:
+            proxy.stop()
+    used = (after.user + after.system) - (before.user + before.system)
+    assert used < 0.1, f"{used:.3f} s of CPU in 0.5 s of waiting"
+
+
+def test_the_relay_is_chosen_as_asked(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(RELAY_ENV, "python")
+    assert choose().name == "python" and choose().binary is None
+    monkeypatch.setenv(RELAY_ENV, "rust")
+    with pytest.raises(RelayError, match="expected one of c, python"):
+        choose()
+    # No compiler: the Python proxy, and why; asking for the C one is an error that says so.
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler")
+    build.cache_clear()
+    try:
+        monkeypatch.delenv(RELAY_ENV)
+        assert choose().name == "python" and "no C compiler" in choose().why
+        monkeypatch.setenv(RELAY_ENV, "c")
+        with pytest.raises(RelayError, match="no C compiler"):
+            choose()
+    finally:
+        build.cache_clear()
+
+
+def test_the_c_relay_is_built_once_into_the_cache(monkeypatch, tmp_path: Path) -> None:
+    if build()[0] is None:
+        pytest.skip(f"the C relay cannot run here: {build()[1]}")
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    build.cache_clear()
+    try:
+        binary, why = build()
+        assert binary is not None and binary.parent == tmp_path / "relay", why
+        assert why.startswith("built with ") and os.access(binary, os.X_OK)
+        built_at = binary.stat().st_mtime_ns
+        build.cache_clear()
+        assert build()[0] == binary and binary.stat().st_mtime_ns == built_at
+        assert [p.name for p in binary.parent.iterdir()] == [binary.name]  # no partial file
+    finally:
+        build.cache_clear()
 
 
 @pytest.mark.alone
@@ -283,33 +395,45 @@ def test_delays_by_direction() -> None:
         delays(100, "sideways")
 
 
-def test_proxy_cli_rejects_bad_arguments() -> None:
-    import sys
-
-    result = subprocess.run([sys.executable, "-m", "bench.latency.delay_proxy",
-                             "--listen", "nohost", "--upstream", "127.0.0.1:1", "--delay-ms", "5"],
+def test_proxy_cli_rejects_bad_arguments(relay_name: str) -> None:
+    result = subprocess.run([*relay_command(relay_name), "--listen", "nohost",
+                             "--upstream", "127.0.0.1:1", "--delay-ms", "5"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
 
 
-def test_proxy_cli_rejects_a_bad_realtime_priority() -> None:
-    import sys
-
-    result = subprocess.run([sys.executable, "-m", "bench.latency.delay_proxy",
-                             "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1",
+def test_proxy_cli_rejects_a_bad_realtime_priority(relay_name: str) -> None:
+    result = subprocess.run([*relay_command(relay_name), "--listen", "127.0.0.1:0",
+                             "--upstream", "127.0.0.1:1",
                              "--delay-ms", "0", "--realtime-priority", "100"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "priority 1-99" in result.stderr
 
 
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--delay-ms", "-1"], "milliseconds >= 0"),
+    (["--delay-ms", "5ms"], "milliseconds >= 0"),
+    (["--delay-ms", "5", "--delay-direction", "sideways"], "sideways"),
+    (["--delay-ms", "5", "--upstream", "127.0.0.1:99999"], "HOST:PORT"),
+    ([], "--delay-ms"),
+])
+def test_proxy_cli_says_what_is_wrong(relay_name: str, args: list[str], needle: str) -> None:
+    result = subprocess.run([*relay_command(relay_name), "--listen", "127.0.0.1:0",
+                             "--upstream", "127.0.0.1:1", *args],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.skipif(shutil.which("setpriv") is None,
                     reason="needs util-linux's setpriv to drop CAP_SYS_NICE")
-def test_proxy_stays_on_the_normal_scheduler_where_real_time_is_not_permitted() -> None:
+def test_proxy_stays_on_the_normal_scheduler_where_real_time_is_not_permitted(
+        relay_name: str) -> None:
     import sys
 
     # Without CAP_SYS_NICE and with RLIMIT_RTPRIO 0, SCHED_FIFO is refused: the proxy still
     # starts, and says "sched=other"; the harness's own check agrees.
-    command = [sys.executable, "-m", "bench.latency.delay_proxy", "--listen", "127.0.0.1:0",
+    command = [*relay_command(relay_name), "--listen", "127.0.0.1:0",
                "--upstream", "127.0.0.1:1", "--delay-ms", "0", "--realtime-priority", "10"]
     check = [sys.executable, "-c", "from bench.latency.proxy import realtime_permitted; "
                                    "print(realtime_permitted())"]
@@ -344,7 +468,8 @@ def test_proxy_session_routes_both_ways_and_leaves_nothing(echo: EchoServer) -> 
         assert db_port != echo.port and client_port != echo.port
         pids = session.pids()
         assert len(pids) == 2
-        assert session.event_loops() == [EVENT_LOOP, EVENT_LOOP]
+        loop = "epoll" if choose().name == "c" else EVENT_LOOP  # the C relay where it builds
+        assert session.event_loops() == [loop, loop]
         # Real-time where permitted (as root here), as each proxy reported and as the kernel
         # has it; else the normal scheduler, said so.
         expected = "fifo" if realtime_permitted() else "other"

@@ -640,12 +640,14 @@ def test_repeats_are_averaged_and_their_ci_is_student_t(tmp_path: Path) -> None:
 
 def test_proxy_overhead_relay_inputs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """benchmarks/proxy_overhead.py --relay: only with --requests, one of its two choices,
-    and without haproxy on PATH one line saying how to get it; the config it writes names
-    the hop's two ends."""
+    """benchmarks/proxy_overhead.py --relay: only with --requests or --end-to-end (haproxy
+    only with --requests), one of its three choices, and without haproxy on PATH one line
+    saying how to get it; the config it writes names the hop's two ends."""
     module = _proxy_overhead()
-    for argv, message in ((["--relay", "haproxy"], "--relay goes with --requests"),
-                          (["--requests", "--relay", "nginx"], "invalid choice: 'nginx'")):
+    for argv, message in (
+            (["--relay", "python"], "--relay goes with --requests or --end-to-end"),
+            (["--end-to-end", "--relay", "haproxy"], "--relay haproxy goes with --requests"),
+            (["--requests", "--relay", "nginx"], "invalid choice: 'nginx'")):
         monkeypatch.setattr(sys, "argv", ["proxy_overhead.py", *argv])
         with pytest.raises(SystemExit) as exit_info:
             module.main()

@@ -26,6 +26,9 @@ until SIGTERM.
 
 Written here rather than taken from a library: Toxiproxy is a Go binary (nothing to
 install from PyPI), and the few Python proxies on PyPI have no per-chunk delay.
+bench/latency/delay_relay.c is the same program in C, which adds a third of the time this
+one adds to a request; the harness runs it wherever a C compiler builds it
+(bench/latency/relay.py), and this one elsewhere and in Docker mode's sidecar.
 
 Why uvloop: every message of every PostgreSQL connection wakes the proxy up for a read and
 a write, on a core the server, PostgreSQL or Locust also needs; uvloop runs the loop in C
@@ -154,8 +157,11 @@ class _Side(asyncio.Protocol):
         self.out.push(data)
 
     def eof_received(self) -> bool:
-        self.eof = True
-        self.out.push(_CLOSE)
+        # uvloop reports a FIN again when reading resumes after it (back-pressure paused
+        # it): a second close marker closed the connection with data still queued.
+        if not self.eof:
+            self.eof = True
+            self.out.push(_CLOSE)
         return True  # keep the other half open until the delayed FIN is passed on
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -1,20 +1,24 @@
 """Latency by TCP proxy: works anywhere, no root, no kernel module.
 
-Two proxies, each its own process (the program is bench/latency/delay_proxy.py): one in
-front of the server (delays the bytes the server sends back to clients) and one in front
-of PostgreSQL (delays the bytes the server sends to the database). Each chunk is released
-L ms after it arrived, in order.
+Two proxies, each its own process: one in front of the server (delays the bytes the server
+sends back to clients) and one in front of PostgreSQL (delays the bytes the server sends to
+the database). Each chunk is released L ms after it arrived, in order. The program is the
+C relay (delay_relay.c) where this machine can compile it, else its Python twin
+(delay_proxy.py): the same arguments and behaviour (tests/test_latency.py runs both);
+bench/latency/relay.py chooses and builds.
 
-At 0 ms there is no proxy: the server dials PostgreSQL and Locust dials the server
-directly, as with --latency-backend none. netem at 0 ms adds nothing to the path, but a
-proxy is a process every message has to wake up: about 0.02 ms per message on these
-machines, and a cell that opens a PostgreSQL connection per request sends about sixteen.
-Our proxies cost sync_gunicorn io_create/ 0 ms 7% of its steady sRPS (0.93 of no proxy
-over 9 repeats; benchmarks/proxy_overhead.py --end-to-end), a cost netem's baseline never
-had. Request by request, HAProxy in their place costs that cell about 5% and ours
-6.6-8.5% (the README; benchmarks/proxy_overhead.py --requests --relay haproxy). At
-L > 0 the same hop is under 0.1% of what L adds to such a request (2L per connection plus
-L per round trip). BENCH_PROXY_AT_ZERO=1 keeps the proxies at 0 ms, to measure the hop.
+What the proxies cost: sync_gunicorn io_create/ 0 ms (a PostgreSQL connection per request,
+about sixteen messages through them) through the C relay kept in at 0 ms against no proxy,
+0.990 of its steady sRPS over 8 interleaved repeats (95% 0.952-1.036;
+benchmarks/proxy_overhead.py --end-to-end); request by request +2.1-2.5% (+0.15-0.19 ms),
+where the Python proxy added 6.3-7.9% and HAProxy 5.3-5.9% in the runs between (--requests
+--relay python|haproxy). At L > 0 that hop is under 0.1% of what L adds to such a request (2L per
+connection plus L per round trip).
+
+At 0 ms there is no proxy all the same: the server dials PostgreSQL and Locust dials the
+server directly, as with --latency-backend none, since netem at 0 ms adds nothing to the
+path and a proxy is still a process every message wakes. BENCH_PROXY_AT_ZERO=1 keeps the
+proxies at 0 ms, to measure their hop.
 
 This module is the harness's side: starting a proxy process, reading the address it
 listens on, stopping it. What the proxy does not model is in delay_proxy.py's docstring.
@@ -31,6 +35,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import IO
 
+from bench.latency import relay
 from bench.latency.base import LatencyError, LatencySession
 from bench.processes import child_setup, stop_process
 
@@ -88,16 +93,21 @@ class ProxyProcess:
     direction: str
     listen_host: str = "127.0.0.1"
     cpus: list[int] | None = None
+    #: "c" or "python"; None: as bench/latency/relay.py chooses (the C relay where it builds).
+    relay: str | None = None
     proc: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)
     errors: IO[bytes] | None = field(default=None, init=False, repr=False)
-    #: The event loop the proxy said it runs on ("uvloop" or "asyncio"), once started.
+    #: The event loop the proxy said it runs on ("epoll": the C relay; "uvloop" or
+    #: "asyncio": the Python proxy), once started.
     event_loop: str | None = field(default=None, init=False)
     #: Its scheduling policy, as it reported it: "fifo", or "other" where not permitted.
     sched: str | None = field(default=None, init=False)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", PROGRAM,
-                "--listen", f"{self.listen_host}:0",
+        chosen = relay.choose(self.relay)
+        program = ([str(chosen.binary)] if chosen.binary is not None
+                   else [sys.executable, "-m", PROGRAM])
+        return [*program, "--listen", f"{self.listen_host}:0",
                 "--upstream", f"{self.upstream[0]}:{self.upstream[1]}",
                 "--delay-ms", str(self.delay_ms), "--delay-direction", self.direction,
                 "--realtime-priority", str(REALTIME_PRIORITY)]
@@ -117,6 +127,7 @@ class ProxyProcess:
             self.stop()
             raise LatencyError(f"latency proxy did not start: {(line or err).strip()[:300]}")
         fields = line.split()  # "listening HOST:PORT loop=NAME sched=POLICY"
+        # NAME: epoll (the C relay), uvloop or asyncio (the Python proxy).
         named = dict(f.split("=", 1) for f in fields[2:] if "=" in f)
         self.event_loop = named.get("loop")
         self.sched = named.get("sched")
@@ -181,7 +192,7 @@ class ProxySession(LatencySession):
         return [p.pid for p in self.proxies if p.pid is not None]
 
     def event_loops(self) -> list[str]:
-        """The event loop each running proxy reported ("uvloop" or "asyncio")."""
+        """The event loop each running proxy reported ("epoll", "uvloop" or "asyncio")."""
         return [p.event_loop for p in self.proxies if p.event_loop is not None]
 
     def schedulings(self) -> list[str]:
