@@ -1,6 +1,7 @@
 """How far the latency proxy's answer is from netem's (issue 14).
 
     python benchmarks/latency_fidelity.py [--rounds N] [--users U] [--hold-s S] [--out DIR]
+        [--relay ours|python]
 
 netem is the faithful backend (the study's `tc netem` on the server's egress); the proxy
 is what runs on kernels without sch_netem, such as this machine's. The proxy does not
@@ -21,6 +22,9 @@ The load profile is `tiny` (load/profiles.toml) with a longer hold (12 s) and, w
 one CPU; with 10 it is CPU-bound at both latencies). It is defined here and handed to the
 harness through BENCH_REPO (a copy of load/ with one more profile; the other data folders
 are links): load/profiles.toml itself is not changed.
+
+--relay python runs the Python proxy (bench/latency/delay_proxy.py) where a run would run
+the C relay (bench/latency/relay.py), to compare the two against netem.
 
 Writes DIR/fidelity.json (every cell, and the summary) and prints the table.
 """
@@ -237,7 +241,10 @@ def outside(args: argparse.Namespace) -> int:
             "--rounds", str(args.rounds), "--users", str(args.users),
             "--hold-s", str(args.hold_s), "--seed", str(args.seed)]
     budget = args.rounds * len(VARIANTS) * len(LATENCIES) * len(BACKENDS) * 120 + 120
-    result = uml.run_in_uml(argv, rw=[out], env={"BENCH_CACHE_DIR": "/tmp/bench-cache"},
+    env = {"BENCH_CACHE_DIR": "/tmp/bench-cache"}
+    if args.relay == "python":
+        env["BENCH_PROXY_RELAY"] = "python"
+    result = uml.run_in_uml(argv, rw=[out], env=env,
                             timeout_s=budget, mem="2G")
     print(result.output.strip())
     print(f"UML boot to power-off: {result.seconds:.0f} s, exit {result.returncode}")
@@ -260,6 +267,9 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=5, help="Locust users (5)")
     parser.add_argument("--hold-s", type=float, default=12.0, help="hold per cell, s (12)")
     parser.add_argument("--seed", type=int, default=14, help="seed of the cell order (14)")
+    parser.add_argument("--relay", choices=("ours", "python"), default="ours",
+                        help="the proxy program: ours (the C relay where the guest builds "
+                             "it, as a run), or python (the Python proxy)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default results/fidelity-<date-time>)")
     parser.add_argument("--table", type=Path, default=None, metavar="FIDELITY_JSON",

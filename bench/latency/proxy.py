@@ -46,7 +46,9 @@ FIDELITY_NOTE = (
     "Measured against netem (inside User-Mode Linux, benchmarks/latency_fidelity.py: "
     "io_create/ at 0 and 100 ms, 3 interleaved rounds): the proxy's 100/0 ratio of steady "
     "sRPS is within half a point of netem's, for sync_gunicorn (13.6% vs 13.2%) and "
-    "async_unlimited (63.9% vs 63.6%); async's rounds scatter by up to 10 points.")
+    "async_unlimited (63.9% vs 63.6%), with the Python proxy; with the C relay, on a slower "
+    "guest, +2.0 and -1.4 points (30.1% vs 28.1%, 81.0% vs 82.4%), the Python proxy there "
+    "+1.1 and -3.0; async's rounds scatter by up to 16 points.")
 # SCHED_FIFO priority of the proxies (delay_proxy.py says why). Low among real-time
 # priorities: the kernel's own real-time threads stay ahead of it.
 REALTIME_PRIORITY = 10
