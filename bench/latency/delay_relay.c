@@ -556,7 +556,8 @@ int main(int argc, char **argv) {
         int timeout = -1;
         if (heap_len > 0) { /* round up: a chunk is never released early */
             double wait_ms = (heap[0].due - now_s()) * 1000;
-            timeout = wait_ms <= 0 ? 0 : (int)ceil(wait_ms);
+            /* at most a minute at a time: an int, whatever --delay-ms was */
+            timeout = wait_ms <= 0 ? 0 : wait_ms > 60000 ? 60000 : (int)ceil(wait_ms);
         }
         int n = epoll_wait(ep, events, 256, timeout);
         if (n < 0 && errno != EINTR) {
