@@ -481,15 +481,15 @@ def _report_requests(times: dict[str, list[float]], proxy_cpu_ms: float, schedul
     verdict = (f"within {END_TO_END_TARGET:.0%}" if high <= target else
                f"apart by more than {END_TO_END_TARGET:.0%}" if low > target else
                "cannot tell at this noise: more pairs")
-    through = ("HAProxy" if relay == "haproxy" else
-               f"the proxies ({'C relay' if choose().name == 'c' else 'Python proxy'})")
+    program = relay if relay == "haproxy" else choose().name
+    through = ("HAProxy" if program == "haproxy" else
+               f"the proxies ({'C relay' if program == 'c' else 'Python proxy'})")
     print(f"{variant} {route}/ at 0 ms, {len(direct)} pairs: direct {np.median(direct):.2f} ms, "
           f"through {through} "
           f"({'/'.join(schedulings)}) {np.median(proxied):.2f} ms a request "
           f"(medians): ratio {ratio:.3f} (95% {low:.3f}..{high:.3f}), "
           f"+{np.median(proxied) - np.median(direct):.2f} ms; the proxies used "
           f"{proxy_cpu_ms:.2f} ms of CPU a request: {verdict}")
-    program = relay if relay == "haproxy" else choose().name
     print(json.dumps({"variant": variant, "route": route, "relay": program, "pairs": len(direct),
                       "direct_median_ms": round(float(np.median(direct)), 3),
                       "proxy_median_ms": round(float(np.median(proxied)), 3),

@@ -82,11 +82,7 @@ def relay_name(request: pytest.FixtureRequest) -> str:
 
 def relay_command(relay_name: str) -> list[str]:
     """The command line that starts the proxy program `relay_name`, before its arguments."""
-    import sys
-
-    binary = choose(relay_name).binary
-    return [str(binary)] if binary is not None else [sys.executable, "-m",
-                                                      "bench.latency.delay_proxy"]
+    return choose(relay_name).command
 
 
 def round_trips_ms(host: str, port: int, count: int = 20) -> list[float]:

@@ -57,10 +57,10 @@ struct chunk {
 
 struct conn;
 
-/* One direction of a connection: what is read from side `from` is written to side `to`. */
+/* One direction of a connection: what is read from one side is written to side `to`. */
 struct dir {
     struct conn *conn;
-    int from, to;                /* 0: the client's socket, 1: the upstream's */
+    int to;                      /* written to: 0, the client's socket; 1, the upstream's */
     double delay, not_before;
     struct chunk *head, *tail;   /* waiting for their due time */
     size_t waiting;              /* bytes in head..tail */
@@ -179,8 +179,7 @@ static void side_watch(struct side *s) {
     } else {
         /* Back-pressure: a peer that cannot keep up stops us reading from this side. */
         size_t held = reading->waiting + (reading->out_len - reading->out_off);
-        static const size_t high = HIGH_WATER, low = LOW_WATER;
-        int paused = (s->mask & EPOLLIN) ? held >= high : held >= low;
+        int paused = (s->mask & EPOLLIN) ? held >= HIGH_WATER : held >= LOW_WATER;
         if (!c->connecting && !reading->eof_read && !paused) mask |= EPOLLIN;
         if (writing->out_len > writing->out_off) mask |= EPOLLOUT;
     }
@@ -422,9 +421,9 @@ static void accept_all(int listener) {
         c->connecting = r < 0;
         for (int i = 0; i < 2; i++)
             c->sides[i] = (struct side){.conn = c, .which = i, .fd = i == 0 ? cfd : ufd};
-        c->to_upstream = (struct dir){.conn = c, .from = 0, .to = 1, .delay = to_upstream_delay,
+        c->to_upstream = (struct dir){.conn = c, .to = 1, .delay = to_upstream_delay,
                                       .not_before = now + 2 * to_upstream_delay + to_client_delay};
-        c->to_client = (struct dir){.conn = c, .from = 1, .to = 0, .delay = to_client_delay};
+        c->to_client = (struct dir){.conn = c, .to = 0, .delay = to_client_delay};
         conn_watch(c);
     }
 }

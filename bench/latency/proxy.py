@@ -30,7 +30,6 @@ import contextlib
 import os
 import selectors
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import IO
@@ -39,7 +38,6 @@ from bench.latency import relay
 from bench.latency.base import LatencyError, LatencySession
 from bench.processes import child_setup, stop_process
 
-PROGRAM = "bench.latency.delay_proxy"
 # Measured against netem inside User-Mode Linux (benchmarks/latency_fidelity.py; the
 # README's latency section has the table). The report quotes it in the proxy's caveat.
 FIDELITY_NOTE = (
@@ -106,10 +104,7 @@ class ProxyProcess:
     sched: str | None = field(default=None, init=False)
 
     def command(self) -> list[str]:
-        chosen = relay.choose(self.relay)
-        program = ([str(chosen.binary)] if chosen.binary is not None
-                   else [sys.executable, "-m", PROGRAM])
-        return [*program, "--listen", f"{self.listen_host}:0",
+        return [*relay.choose(self.relay).command, "--listen", f"{self.listen_host}:0",
                 "--upstream", f"{self.upstream[0]}:{self.upstream[1]}",
                 "--delay-ms", str(self.delay_ms), "--delay-direction", self.direction,
                 "--realtime-priority", str(REALTIME_PRIORITY)]

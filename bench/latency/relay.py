@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from pathlib import Path
 from bench.latency.base import LatencyError
 
 SOURCE = Path(__file__).with_name("delay_relay.c")
+#: The Python proxy, as a module to run with -m.
+PYTHON_PROGRAM = "bench.latency.delay_proxy"
 #: "c" or "python" to choose; unset or empty: the C relay where it builds.
 RELAY_ENV = "BENCH_PROXY_RELAY"
 RELAYS = ("c", "python")
@@ -40,6 +43,12 @@ class Relay:
     binary: Path | None
     #: Why this one: "built with cc", or why the C relay is not used.
     why: str
+
+    @property
+    def command(self) -> list[str]:
+        """What starts it, before its arguments."""
+        return ([str(self.binary)] if self.binary is not None
+                else [sys.executable, "-m", PYTHON_PROGRAM])
 
 
 def compiler() -> str | None:
