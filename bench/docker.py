@@ -626,14 +626,23 @@ class DockerLoad:
             (self.live_dir / "stop").touch()
 
     def wait(self, timeout: float | None = None) -> int:
-        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
-        while True:
-            state = container_state(self.engine, self.cid) if self.cid else {}
-            if not state.get("Running"):
-                return int(state.get("ExitCode") or 0)
-            if time.monotonic() >= deadline:
-                raise TimeoutError("load container still running")
-            time.sleep(0.5)
+        """The container's exit code once it has ended; TimeoutError if it still runs
+        after `timeout` s. `docker wait` blocks until the exit, so the engine is asked
+        once a wait, not every half second while Locust measures."""
+        state = container_state(self.engine, self.cid) if self.cid else {}
+        if not state.get("Running"):
+            return int(state.get("ExitCode") or 0)
+        try:
+            done = subprocess.run([self.engine.docker, "wait", str(self.cid)],
+                                  capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError("load container still running") from None
+        if done.returncode == 0 and done.stdout.strip().lstrip("-").isdigit():
+            return int(done.stdout.strip())
+        # Gone before `docker wait` saw it end (removed): its last state says how it ended.
+        state = container_state(self.engine, self.cid) if self.cid else {}
+        return int(state.get("ExitCode") or 0)
 
     def stop(self) -> None:
         if self.cid:
